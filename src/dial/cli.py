@@ -1,0 +1,249 @@
+"""The ``dial`` command line: train, eval, score, data convert, models.
+
+Every subcommand maps onto a typed function; a :class:`~dial.errors.DialError` (bad data, a bad
+option) is printed as one line and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from dial import __version__
+from dial.config import iter_options
+from dial.errors import DialError
+
+
+def _train_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a reward model",
+        description=(
+            "Train a reward model. Options come from a YAML config (--config) and from "
+            "--section.field value overrides; every option is listed below with its help. "
+            "Lists are written in YAML: --data.train_files [a.jsonl,b.jsonl]."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML run config", default=None)
+    for key, field in iter_options():
+        help_text = field.metadata.get("help", "")
+        choices = field.metadata.get("choices")
+        if choices:
+            help_text += f" Choices: {', '.join(choices)}."
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        help_text += f" (default: {default})"
+        is_bool = field.type in ("bool", bool)
+        parser.add_argument(
+            f"--{key}",
+            dest=key,
+            default=argparse.SUPPRESS,
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+            metavar="BOOL" if is_bool else key.rpartition(".")[2].upper(),
+            help=help_text,
+        )
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from dial.config import load_config
+    from dial.training.trainer import train
+
+    keys = {key for key, _ in iter_options()}
+    overrides = {k: v for k, v in vars(args).items() if k in keys}
+    config = load_config(args.config, overrides)
+    final = train(config)
+    if final:
+        print(json.dumps(final["eval"], indent=2))
+        print(f"train pairs/s: {final['train_pairs_per_second']:.2f}")
+    return 0
+
+
+def _add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="reward-model folder, checkpoint folder or run folder")
+    parser.add_argument("data", nargs="+", help="data files (JSON, JSONL, CSV, Parquet)")
+    parser.add_argument(
+        "--task", default="preference", choices=("preference", "mcq", "score"), help="task"
+    )
+    parser.add_argument(
+        "--dataset-config", default=None, help="dataset-config JSON naming the columns"
+    )
+    parser.add_argument("--file-type", default=None, help="json, csv or parquet (default: suffix)")
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per batch")
+    parser.add_argument(
+        "--score-loss",
+        default="mse",
+        choices=("mse", "bce", "cross_entropy"),
+        help="how the head was trained for the score task (turns outputs into scores)",
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the backbone's own code to run"
+    )
+
+
+def _load_for_inference(args: argparse.Namespace):
+    import torch
+
+    from dial.data.tokenize import sequence_format
+    from dial.evaluation.evaluate import find_model_folder, load_eval_data
+    from dial.models.reward_model import load_reward_model
+
+    folder = find_model_folder(args.model)
+    model, tokenizer = load_reward_model(folder, trust_remote_code=args.trust_remote_code)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    fmt = sequence_format(tokenizer, model.spec.architecture)
+    sets = load_eval_data(
+        args.data,
+        tokenizer,
+        fmt,
+        task=args.task,
+        dataset_config=args.dataset_config,
+        max_length=args.max_length,
+        file_type=args.file_type,
+    )
+    return model, fmt, sets, device
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from dial.evaluation.evaluate import evaluate
+
+    model, fmt, sets, device = _load_for_inference(args)
+    results = {
+        name: evaluate(
+            model,
+            data,
+            fmt,
+            args.task,
+            batch_size=args.batch_size,
+            padding_side=model.spec.padding_side,
+            device=device,
+            score_loss=args.score_loss,
+        )
+        for name, data in sets.items()
+    }
+    text = json.dumps(results, indent=2)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from dial.data.io import write_records
+    from dial.evaluation.evaluate import predict, score_predictions
+
+    model, fmt, sets, device = _load_for_inference(args)
+    rows = []
+    embeddings = []
+    for name, data in sets.items():
+        predictions = predict(
+            model,
+            data,
+            fmt,
+            batch_size=args.batch_size,
+            padding_side=model.spec.padding_side,
+            device=device,
+            with_embeddings=args.embeddings is not None,
+        )
+        for index, rewards in enumerate(predictions.rewards.tolist()):
+            row = {"file": name, "index": index, "rewards": rewards}
+            if args.task == "preference":
+                row["margin"] = rewards[0] - rewards[1]
+            if args.task == "score":
+                row["prediction"] = float(
+                    score_predictions(predictions.rewards[index, 0], args.score_loss)
+                )
+                row["label"] = float(predictions.labels[index])  # type: ignore[index]
+            rows.append(row)
+        if predictions.embeddings is not None:
+            embeddings.append(predictions.embeddings)
+    write_records(rows, args.output)
+    print(f"wrote {len(rows)} rows to {args.output}")
+    if args.embeddings:
+        array = np.concatenate(embeddings).astype(np.float32)
+        np.save(args.embeddings, array, allow_pickle=False)
+        print(
+            f"wrote embeddings {tuple(array.shape)} (examples, responses, hidden) to "
+            f"{args.embeddings}"
+        )
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from dial.models.registry import list_models
+
+    rows = list_models()
+    header = ("name", "architecture", "parameters", "available", "source")
+    widths = [
+        max(len(str(r[h])) for r in [dict(zip(header, header, strict=True)), *rows]) for h in header
+    ]
+    for row in [dict(zip(header, header, strict=True)), *rows]:
+        print("  ".join(str(row[h]).ljust(w) for h, w in zip(header, widths, strict=True)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dial", description="Domain-invariant reward models for aligning language models."
+    )
+    parser.add_argument("--version", action="version", version=f"dial {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _train_parser(subparsers)
+
+    evaluate = subparsers.add_parser(
+        "eval", help="metrics of a reward model on labelled data (JSON)"
+    )
+    _add_model_data_arguments(evaluate)
+    evaluate.add_argument("-o", "--output", default=None, help="also write the metrics JSON here")
+    evaluate.set_defaults(handler=_run_eval)
+
+    score = subparsers.add_parser(
+        "score", help="per-example rewards (JSONL) and pooled embeddings (.npy) for analysis"
+    )
+    _add_model_data_arguments(score)
+    score.add_argument("-o", "--output", required=True, help="rewards file (.jsonl or .json)")
+    score.add_argument(
+        "--embeddings", default=None, help="also write pooled embeddings [N, C, H] to this .npy"
+    )
+    score.set_defaults(handler=_run_score)
+
+    data = subparsers.add_parser("data", help="data tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    convert = data_commands.add_parser(
+        "convert", help="convert a public data set into dial's record format"
+    )
+    from dial.data.convert import add_convert_arguments, run_convert
+
+    add_convert_arguments(convert)
+    convert.set_defaults(handler=run_convert)
+
+    models = subparsers.add_parser("models", help="list the registered offline models")
+    models.set_defaults(handler=_run_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return typing.cast(int, args.handler(args))
+    except DialError as exc:
+        print(f"dial {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"dial {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

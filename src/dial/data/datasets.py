@@ -1,0 +1,104 @@
+"""Assembling the tokenised training and evaluation sets of a run from its data config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dial.config import DataConfig
+from dial.data.records import Example, LoadReport, load_column_config, load_examples
+from dial.data.tokenize import EncodedData, SequenceFormat, encode_examples
+from dial.errors import DataError
+
+
+@dataclass
+class RunData:
+    """The encoded sets of a run and the messages the user should see about them."""
+
+    train: EncodedData
+    evals: dict[str, EncodedData]
+    messages: list[str] = field(default_factory=list)
+
+
+def split_heldout(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """A seeded split into (train, held-out); the held-out part has round(fraction * n) items."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"eval_split must lie strictly between 0 and 1, got {fraction}")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_heldout = round(fraction * len(examples))
+    if n_heldout == 0 or n_heldout == len(examples):
+        raise DataError(f"eval_split {fraction} of {len(examples)} records leaves an empty side")
+    heldout = sorted(order[:n_heldout])
+    kept = sorted(order[n_heldout:])
+    return [examples[i] for i in kept], [examples[i] for i in heldout]
+
+
+def load_task_files(
+    files: list[str], config: DataConfig, *, domain: str = "source", require_labels: bool = True
+) -> tuple[list[Example], list[LoadReport]]:
+    """Read and validate several files of one domain."""
+    columns = load_column_config(config.dataset_config, config.task)
+    examples: list[Example] = []
+    reports = []
+    for path in files:
+        loaded, report = load_examples(
+            path,
+            config.task,
+            columns,
+            file_type=config.file_type,
+            domain=domain,
+            require_labels=require_labels,
+        )
+        examples += loaded
+        reports.append(report)
+    return examples, reports
+
+
+def eval_set_name(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def prepare_run_data(config: DataConfig, tokenizer, fmt: SequenceFormat, seed: int) -> RunData:
+    """Load, validate, split and tokenise the training and evaluation files of a run."""
+    if not config.train_files:
+        raise DataError("no training files given (data.train_files)")
+    examples, reports = load_task_files(config.train_files, config)
+    messages = [report.summary() for report in reports]
+    heldout: list[Example] = []
+    if config.eval_split:
+        examples, heldout = split_heldout(examples, config.eval_split, seed)
+        messages.append(
+            f"held out {len(heldout)} of {len(examples) + len(heldout)} training records "
+            f"(eval_split {config.eval_split}, seed {seed}) as 'heldout'"
+        )
+    trainable = [e for e in examples if e.responses[0] not in e.responses[1:]]
+    if len(trainable) < len(examples):
+        messages.append(
+            f"training skips {len(examples) - len(trainable)} records whose responses are "
+            "identical (they carry no preference); evaluation keeps them and counts them wrong"
+        )
+    if not trainable:
+        raise DataError("no usable training records", file=", ".join(config.train_files))
+    train = encode_examples(trainable, tokenizer, fmt, config.max_length)
+    messages.append(f"train: {train.summary()}")
+    eval_length = config.eval_max_length or config.max_length
+    evals: dict[str, EncodedData] = {}
+    if heldout:
+        evals["heldout"] = encode_examples(heldout, tokenizer, fmt, eval_length)
+    for path in config.eval_files:
+        eval_examples, eval_reports = load_task_files([path], config)
+        messages += [report.summary() for report in eval_reports]
+        name = eval_set_name(path)
+        if name in evals:
+            name = f"{name}_{len(evals)}"
+        evals[name] = encode_examples(eval_examples, tokenizer, fmt, eval_length)
+    for name, data in evals.items():
+        messages.append(f"eval '{name}': {data.summary()}")
+    return RunData(train=train, evals=evals, messages=messages)
