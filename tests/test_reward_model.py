@@ -1,0 +1,91 @@
+"""Pooling, the reward model's forward pass, and the save/load round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dial.config import ModelConfig
+from dial.data.records import Example
+from dial.data.tokenize import EncodedExample, collate, encode_examples, sequence_format
+from dial.evaluation.evaluate import predict
+from dial.models.pooling import pool
+from dial.models.reward_model import build_reward_model, load_reward_model
+
+
+def test_pooling_by_hand() -> None:
+    hidden = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert pool(hidden, right, "last").tolist() == [hidden[0, 1].tolist(), hidden[1, 2].tolist()]
+    assert pool(hidden, left, "last").tolist() == [hidden[0, 2].tolist(), hidden[1, 2].tolist()]
+    assert pool(hidden, left, "cls").tolist() == [hidden[0, 1].tolist(), hidden[1, 0].tolist()]
+    mean = pool(hidden, right, "mean")
+    assert torch.allclose(mean[0], (hidden[0, 0] + hidden[0, 1]) / 2)
+    assert torch.allclose(mean[1], hidden[1].mean(0))
+
+
+EXAMPLES = [
+    Example("Human: hi there, how are you doing today?\n\nAssistant:", (" fine, thanks", " no")),
+    Example("Human: short\n\nAssistant:", (" a much longer answer than the other one", " ok")),
+]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+def test_left_and_right_padding_give_the_same_rewards(name: str) -> None:
+    torch.manual_seed(0)
+    model, tokenizer = build_reward_model(ModelConfig(name=name, use_lora=False))
+    model.eval()
+    fmt = sequence_format(tokenizer, model.spec.architecture)
+    data = encode_examples(EXAMPLES, tokenizer, fmt, 64)
+    outputs = {}
+    for side in ("left", "right"):
+        batch = collate(data.examples, fmt, side)
+        with torch.no_grad():
+            outputs[side] = model(**batch)[0]
+    alone = []
+    for c in range(2):  # response-major, as in a batch
+        for example in data.examples:
+            types = [example.token_type_ids[c]] if example.token_type_ids else None
+            single = collate([EncodedExample([example.input_ids[c]], types, None)], fmt)
+            with torch.no_grad():
+                alone.append(model(**single)[0])
+    assert torch.allclose(outputs["left"], outputs["right"], atol=1e-5)
+    assert torch.allclose(outputs["right"], torch.cat(alone), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "use_lora"), [("tiny-llama", True), ("tiny-bert", False), ("minilm", True)]
+)
+def test_save_and_reload_score_identically(tmp_path: Path, name: str, use_lora: bool) -> None:
+    torch.manual_seed(1)
+    model, tokenizer = build_reward_model(
+        ModelConfig(name=name, use_lora=use_lora, lora_r=4, lora_alpha=8)
+    )
+    with torch.no_grad():  # move the trainable weights away from their initial values
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    fmt = sequence_format(tokenizer, model.spec.architecture)
+    data = encode_examples(EXAMPLES, tokenizer, fmt, 64)
+    before = predict(model, data, fmt, with_embeddings=True)
+    model.save_pretrained(tmp_path / "rm", tokenizer)
+    saved = sorted(p.name for p in (tmp_path / "rm").iterdir())
+    assert "reward_head.safetensors" in saved and "dial_config.json" in saved
+    assert not [n for n in saved if n.endswith((".bin", ".pt", ".pkl"))]
+    assert ("adapter_model.safetensors" in saved) == use_lora
+    reloaded, reloaded_tokenizer = load_reward_model(tmp_path / "rm")
+    after = predict(reloaded, data, sequence_format(reloaded_tokenizer, reloaded.spec.architecture), with_embeddings=True)
+    assert torch.equal(torch.from_numpy(before.rewards), torch.from_numpy(after.rewards))
+    assert torch.equal(torch.from_numpy(before.embeddings), torch.from_numpy(after.embeddings))
+
+
+def test_lora_trains_only_adapters_and_head() -> None:
+    model, _ = build_reward_model(ModelConfig(name="minilm", lora_r=4))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert "head.weight" in trainable
+    assert all("lora_" in n or n.startswith("head.") for n in trainable)
+    wrapped = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_" in n}
+    assert wrapped == {"query", "key", "value", "dense"}
