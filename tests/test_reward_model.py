@@ -77,7 +77,8 @@ def test_save_and_reload_score_identically(tmp_path: Path, name: str, use_lora: 
     assert not [n for n in saved if n.endswith((".bin", ".pt", ".pkl"))]
     assert ("adapter_model.safetensors" in saved) == use_lora
     reloaded, reloaded_tokenizer = load_reward_model(tmp_path / "rm")
-    after = predict(reloaded, data, sequence_format(reloaded_tokenizer, reloaded.spec.architecture), with_embeddings=True)
+    reloaded_fmt = sequence_format(reloaded_tokenizer, reloaded.spec.architecture)
+    after = predict(reloaded, data, reloaded_fmt, with_embeddings=True)
     assert torch.equal(torch.from_numpy(before.rewards), torch.from_numpy(after.rewards))
     assert torch.equal(torch.from_numpy(before.embeddings), torch.from_numpy(after.embeddings))
 
