@@ -32,7 +32,7 @@ def _config(tmp_path: Path, data: Path, **overrides):
         "train.logging_steps": 1,
     }
     values.update(overrides)
-    return load_config(None, {k: v if isinstance(v, str) else v for k, v in values.items()})
+    return load_config(None, values)
 
 
 def test_training_lifts_heldout_accuracy(tmp_path: Path) -> None:
