@@ -255,7 +255,7 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, values, "")
 
 
-def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML config (or start from defaults) and apply ``section.field -> value`` overrides.
 
     Override values are YAML scalars or lists as typed on the command line.
