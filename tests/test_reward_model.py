@@ -9,7 +9,13 @@ import torch
 
 from dial.config import ModelConfig
 from dial.data.records import Example
-from dial.data.tokenize import EncodedExample, collate, encode_examples, sequence_format
+from dial.data.tokenize import (
+    EncodedExample,
+    collate,
+    encode_examples,
+    model_inputs,
+    sequence_format,
+)
 from dial.evaluation.evaluate import predict
 from dial.models.pooling import pool
 from dial.models.reward_model import build_reward_model, load_reward_model
@@ -44,14 +50,14 @@ def test_left_and_right_padding_give_the_same_rewards(name: str) -> None:
     for side in ("left", "right"):
         batch = collate(data.examples, fmt, side)
         with torch.no_grad():
-            outputs[side] = model(**batch)[0]
+            outputs[side] = model(**model_inputs(batch)).rewards
     alone = []
     for c in range(2):  # response-major, as in a batch
         for example in data.examples:
             types = [example.token_type_ids[c]] if example.token_type_ids else None
             single = collate([EncodedExample([example.input_ids[c]], types, None)], fmt)
             with torch.no_grad():
-                alone.append(model(**single)[0])
+                alone.append(model(**model_inputs(single)).rewards)
     assert torch.allclose(outputs["left"], outputs["right"], atol=1e-5)
     assert torch.allclose(outputs["right"], torch.cat(alone), atol=1e-5)
 

@@ -60,11 +60,13 @@ def _first_set(*token_ids: int | None) -> int | None:
 
 @dataclass
 class EncodedExample:
-    """Token ids of each (prompt, response) sequence of one example."""
+    """Token ids of each (prompt, response) sequence of one example, and where each response
+    starts (the first token of ``response + suffix``)."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     label: float | None
+    response_starts: list[int] | None = None
 
     @property
     def length(self) -> int:
@@ -123,7 +125,7 @@ def encode_examples(
     encoded = []
     truncated_prompts = truncated_responses = 0
     for example in examples:
-        ids, types = [], []
+        ids, types, starts = [], [], []
         for response in example.responses:
             p, r = prompt_ids[example.prompt], response_ids[response]
             p_kept, r_kept = truncate(p, r, budget)
@@ -133,7 +135,10 @@ def encode_examples(
             second = [*r_kept, *fmt.suffix]
             ids.append(first + second)
             types.append([0] * len(first) + [1] * len(second))
-        encoded.append(EncodedExample(ids, types if fmt.token_types else None, example.label))
+            starts.append(len(first))
+        encoded.append(
+            EncodedExample(ids, types if fmt.token_types else None, example.label, starts)
+        )
     return EncodedData(encoded, truncated_prompts, truncated_responses, max_length)
 
 
@@ -184,33 +189,42 @@ def collate(
     """Pad every sequence of a batch to the batch's longest, response-major.
 
     Row ``c * B + b`` holds response ``c`` of example ``b``, so preference pairs put all chosen
-    sequences first and all rejected after them, in one forward pass.
+    sequences first and all rejected after them, in one forward pass. Besides the model inputs
+    the batch holds ``response_mask`` (1 on the tokens of the response) and, for labelled
+    examples, ``labels``.
     """
-    sequences = [ids for c in range(len(examples[0].input_ids)) for ids in _column(examples, c)]
-    types = None
-    if examples[0].token_type_ids is not None:
-        types = [
-            t for c in range(len(examples[0].input_ids)) for t in _column(examples, c, types=True)
-        ]
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), fmt.pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    token_type_ids = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        span = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+    n_responses = len(examples[0].input_ids)
+    rows = [(e, c) for c in range(n_responses) for e in examples]
+    width = max(len(e.input_ids[c]) for e, c in rows)
+    input_ids = torch.full((len(rows), width), fmt.pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (example, c) in enumerate(rows):
+        ids = example.input_ids[c]
+        offset = 0 if padding_side == "right" else width - len(ids)
+        span = slice(offset, offset + len(ids))
         input_ids[row, span] = torch.tensor(ids)
         attention_mask[row, span] = 1
-        if types is not None:
-            token_type_ids[row, span] = torch.tensor(types[row])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if types is not None:
+        if example.token_type_ids is not None:
+            token_type_ids[row, span] = torch.tensor(example.token_type_ids[c])
+        if example.response_starts is not None:
+            response_mask[row, offset + example.response_starts[c] : offset + len(ids)] = 1
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_mask": response_mask,
+    }
+    if examples[0].token_type_ids is not None:
         batch["token_type_ids"] = token_type_ids
     if examples[0].label is not None:
         batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.float32)
     return batch
 
 
-def _column(examples: Sequence[EncodedExample], c: int, types: bool = False) -> list[list[int]]:
-    if types:
-        return [e.token_type_ids[c] for e in examples]  # type: ignore[index]
-    return [e.input_ids[c] for e in examples]
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of a collated batch that the model takes."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}

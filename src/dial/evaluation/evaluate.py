@@ -10,7 +10,13 @@ import torch
 
 from dial.data.datasets import eval_set_name
 from dial.data.records import load_column_config, load_examples
-from dial.data.tokenize import EncodedData, SequenceFormat, collate, encode_examples
+from dial.data.tokenize import (
+    EncodedData,
+    SequenceFormat,
+    collate,
+    encode_examples,
+    model_inputs,
+)
 from dial.errors import DialError
 from dial.evaluation.metrics import compute_metrics
 from dial.models.reward_model import RewardModel
@@ -49,10 +55,8 @@ def predict(
     embeddings: list[torch.Tensor] = [None] * len(data)  # type: ignore[list-item]
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        batch = collate([data.examples[i] for i in indices], fmt, padding_side)
-        batch.pop("labels", None)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        batch_rewards, batch_embeddings = model(**batch)
+        batch = model_inputs(collate([data.examples[i] for i in indices], fmt, padding_side))
+        batch_rewards, batch_embeddings, _ = model(**{k: v.to(device) for k, v in batch.items()})
         # response-major rows -> [B, C, ...]
         batch_rewards = batch_rewards.float().reshape(n_responses, len(indices), -1).transpose(0, 1)
         for row, index in enumerate(indices):

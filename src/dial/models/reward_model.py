@@ -17,12 +17,17 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from dial import __version__
 from dial.config import ModelConfig
@@ -59,52 +64,79 @@ class RewardModelSpec:
     padding_side: str
     lora: dict[str, Any] | None
     backbone_saved: bool
+    lm_head: bool = False
     dial_version: str = __version__
 
 
+class RewardOutput(NamedTuple):
+    """Rewards ([N], or [N, num_labels]), pooled embeddings [N, H] (float32), and the mean
+    next-token NLL over the positions given ``lm_labels`` (None without them)."""
+
+    rewards: torch.Tensor
+    embeddings: torch.Tensor
+    lm_loss: torch.Tensor | None
+
+
 class RewardModel(nn.Module):
-    """A backbone, a pooling rule and a linear reward head."""
+    """A backbone, a pooling rule and a linear reward head.
+
+    With ``spec.lm_head`` the backbone is a causal LM whose trunk feeds both its LM head and the
+    reward head, so an auxiliary next-token loss trains the same trunk as the reward.
+    """
 
     def __init__(self, backbone: nn.Module, spec: RewardModelSpec, hidden_size: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.spec = spec
         self.head = nn.Linear(hidden_size, spec.num_labels)
-        base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
-        self._takes_position_ids = "position_ids" in inspect.signature(base.forward).parameters
+        trunk = self._trunk()
+        self._takes_position_ids = "position_ids" in inspect.signature(trunk.forward).parameters
 
     @property
     def hidden_size(self) -> int:
         return self.head.in_features
 
-    def embed(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Pooled embeddings h [N, H] (float32)."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        if self._takes_position_ids:
-            # Count positions from the first real token, so left padding changes nothing.
-            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.backbone(**kwargs).last_hidden_state
-        return pool(hidden, attention_mask, self.spec.pooling).float()
+    def _base(self) -> nn.Module:
+        """The transformers model (inside the peft wrapper when there is one)."""
+        return self.backbone.get_base_model() if self.spec.lora else self.backbone
+
+    def _trunk(self) -> nn.Module:
+        """The module that maps tokens to final (normed) hidden states."""
+        return self._base().get_decoder() if self.spec.lm_head else self._base()
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards ([N] for one label, else [N, num_labels]) and embeddings [N, H]."""
-        embeddings = self.embed(input_ids, attention_mask, token_type_ids)
+        lm_labels: torch.Tensor | None = None,
+    ) -> RewardOutput:
+        """Score every sequence; with `lm_labels` (-100 where no token is predicted) also the
+        next-token loss, computed on the rows that have labels only."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        if self._takes_position_ids:
+            # Count positions from the first real token, so left padding changes nothing.
+            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self._trunk()(**kwargs).last_hidden_state
+        embeddings = pool(hidden, attention_mask, self.spec.pooling).float()
         rewards = self.head(embeddings)
         if self.spec.num_labels == 1:
             rewards = rewards.squeeze(-1)
-        return rewards, embeddings
+        lm_loss = None if lm_labels is None else self._lm_loss(hidden, lm_labels)
+        return RewardOutput(rewards, embeddings, lm_loss)
+
+    def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of token t+1 given tokens ..t over the labelled positions."""
+        if not self.spec.lm_head:
+            raise DialError("a next-token loss needs a decoder with its LM head (lm_head: true)")
+        rows = (labels != -100).any(dim=1)
+        logits = self._base().get_output_embeddings()(hidden[rows, :-1]).float()
+        targets = labels[rows, 1:]
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
 
     def save_pretrained(self, folder: str | Path, tokenizer: PreTrainedTokenizerBase) -> None:
         """Write the folder described in the module docstring (safetensors only)."""
@@ -113,7 +145,7 @@ class RewardModel(nn.Module):
         if self.spec.lora is not None:
             self.backbone.save_pretrained(target, safe_serialization=True)
         if self.spec.backbone_saved:
-            base = self.backbone.get_base_model() if self.spec.lora else self.backbone
+            base = self._base()
             if self.spec.lora:
                 # The adapter is saved beside; the backbone folder holds the unadapted weights.
                 state = {
@@ -138,7 +170,7 @@ class RewardModel(nn.Module):
         source = Path(folder)
         self.head.load_state_dict(load_file(str(source / "reward_head.safetensors")))
         if self.spec.backbone_saved:
-            base = self.backbone.get_base_model() if self.spec.lora else self.backbone
+            base = self._base()
             state = load_file(str(source / "backbone" / "model.safetensors"))
             if self.spec.lora:
                 names = {name for name, _ in base.named_parameters()}
@@ -179,13 +211,22 @@ def load_tokenizer(
 
 
 def _load_backbone(
-    resolved: ResolvedModel, dtype: torch.dtype, trust_remote_code: bool
+    resolved: ResolvedModel, dtype: torch.dtype, lm_head: bool, trust_remote_code: bool
 ) -> nn.Module:
+    """The transformers model: the bare trunk, or the causal LM (trunk + LM head)."""
+    if lm_head and resolved.architecture != "decoder":
+        raise DialError(
+            f"an LM head needs a decoder; {resolved.name_or_path} is an {resolved.architecture}"
+        )
+    auto = AutoModelForCausalLM if lm_head else AutoModel
     if resolved.is_random_init:
-        backbone = AutoModel.from_config(resolved.config, dtype=dtype)
+        backbone = auto.from_config(resolved.config, dtype=dtype)
     else:
-        backbone = AutoModel.from_pretrained(
-            resolved.name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
+        backbone = auto.from_pretrained(
+            resolved.name_or_path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
         )
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # BERT's pooler is unused: pooling is ours
@@ -205,16 +246,19 @@ def _apply_lora(backbone: nn.Module, config: ModelConfig) -> tuple[nn.Module, di
     return get_peft_model(backbone, LoraConfig(bias="none", **lora)), lora
 
 
-def build_reward_model(config: ModelConfig) -> tuple[RewardModel, PreTrainedTokenizerBase]:
+def build_reward_model(
+    config: ModelConfig, *, lm_head: bool = False
+) -> tuple[RewardModel, PreTrainedTokenizerBase]:
     """A fresh reward model (pretrained backbone, new head, optional LoRA) and its tokenizer.
 
-    Seed torch before calling: the head (and a tiny backbone) are initialised randomly.
+    With `lm_head` a decoder keeps its LM head (for auxiliary next-token losses). Seed torch
+    before calling: the head (and a tiny backbone) are initialised randomly.
     """
     resolved = resolve_model(
         config.name, cache_dir=config.cache_dir, trust_remote_code=config.trust_remote_code
     )
     tokenizer = load_tokenizer(resolved.name_or_path, config.padding_side, config.trust_remote_code)
-    backbone = _load_backbone(resolved, DTYPES[config.precision], config.trust_remote_code)
+    backbone = _load_backbone(resolved, DTYPES[config.precision], lm_head, config.trust_remote_code)
     hidden_size = backbone.config.hidden_size
     lora = None
     if config.use_lora:
@@ -228,6 +272,7 @@ def build_reward_model(config: ModelConfig) -> tuple[RewardModel, PreTrainedToke
         padding_side=config.padding_side,
         lora=lora,
         backbone_saved=resolved.is_random_init or not config.use_lora,
+        lm_head=lm_head,
     )
     model = RewardModel(backbone, spec, hidden_size)
     nn.init.normal_(model.head.weight, std=1.0 / math.sqrt(hidden_size + 1))
@@ -251,16 +296,12 @@ def load_reward_model(
     spec = RewardModelSpec(**raw)
     dtype = DTYPES[spec.precision]
     if spec.backbone_saved:
-        backbone = AutoModel.from_pretrained(
-            str(source / "backbone"), dtype=dtype, use_safetensors=True
-        )
-        if getattr(backbone, "pooler", None) is not None:
-            backbone.pooler = None
+        resolved = ResolvedModel(str(source / "backbone"), spec.architecture, False, None)
     else:
         resolved = resolve_model(
             spec.base_model, cache_dir=cache_dir, trust_remote_code=trust_remote_code
         )
-        backbone = _load_backbone(resolved, dtype, trust_remote_code)
+    backbone = _load_backbone(resolved, dtype, spec.lm_head, trust_remote_code)
     if spec.lora is not None:
         from peft import PeftModel
 

@@ -23,7 +23,7 @@ from transformers import get_scheduler
 
 from dial.config import RunConfig
 from dial.data.datasets import prepare_run_data
-from dial.data.tokenize import collate, plan_batches, sequence_format
+from dial.data.tokenize import collate, model_inputs, plan_batches, sequence_format
 from dial.errors import ConfigError, DataError
 from dial.evaluation.evaluate import evaluate
 from dial.models.reward_model import RewardModel, build_reward_model
@@ -269,8 +269,7 @@ class TrainingRun:
             sync = index == len(window) - 1
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
             with context:
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                rewards, _ = self.model(**inputs)
+                rewards = self.model(**model_inputs(batch)).rewards
                 loss, accuracy = self._task_loss(rewards, batch, len(indices))
                 self.accelerator.backward(loss * (len(indices) / total))
             loss_sum += loss.item() * len(indices)
