@@ -13,10 +13,13 @@ for top-level fields); values are parsed as YAML scalars or lists (``--data.trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +114,30 @@ class DataConfig:
     group_by_length: bool = _opt(
         True, "Batch texts of similar length together (less padding, faster)."
     )
+    target_files: list[str] = _opt(
+        [],
+        "Target-domain training files: their texts for dial and target_ntp, texts and labels "
+        "for oracle; with source_only only the domain metrics use them.",
+    )
+    target_batch_size: int | None = _opt(
+        None, "Target examples per micro-batch (default: train.batch_size)."
+    )
+    pairing: str = _opt(
+        "truncate",
+        "How source and target batches pair up: truncate (an epoch ends with the smaller "
+        "side) or wrap (an epoch covers the larger side; the smaller one cycles, reshuffled).",
+        choices=("truncate", "wrap"),
+    )
+    shuffle_target: bool = _opt(True, "Re-permute the target every epoch.")
+    eval_task: str | None = _opt(
+        None,
+        "Task of the eval_files' metrics (default: task), e.g. preference pairs for a model "
+        "trained on scores.",
+        choices=("preference", "mcq", "score"),
+    )
+    eval_dataset_config: str | None = _opt(
+        None, "Dataset config of the eval_files (default: dataset_config)."
+    )
     score_loss: str = _opt(
         "mse",
         "Loss for the score task: mse, bce (labels in [0, 1]) or cross_entropy "
@@ -124,7 +151,15 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, evaluation and checkpoint schedule."""
 
-    method: str = _opt("source_only", "Training method.", choices=("source_only",))
+    method: str = _opt(
+        "source_only",
+        "source_only (task loss on source), dial (+ λ·domain loss aligning source and target "
+        "embeddings), oracle (+ task loss on the labelled target), source_sft (+ next-token "
+        "loss on the source's preferred responses), target_ntp (+ next-token loss on target "
+        "texts). source_sft and target_ntp need a decoder.",
+        choices=("source_only", "dial", "oracle", "source_sft", "target_ntp"),
+    )
+    aux_weight: float = _opt(1.0, "Weight of the next-token loss of source_sft and target_ntp.")
     batch_size: int = _opt(8, "Pairs (or examples) per micro-batch.")
     eval_batch_size: int = _opt(32, "Pairs (or examples) per evaluation batch.")
     gradient_accumulation_steps: int = _opt(
@@ -165,6 +200,42 @@ class TrainConfig:
 
 
 @dataclass
+class DomainConfig:
+    """The domain loss of method dial (the paper's WDGRL by default, its settings the paper's)."""
+
+    loss: str = _opt(
+        "wdgrl",
+        "wdgrl (Wasserstein critic with gradient penalty), dann (gradient reversal + domain "
+        "classifier), mmd (multi-kernel Gaussian), coral (covariance alignment).",
+        choices=("wdgrl", "dann", "mmd", "coral"),
+    )
+    weight: float = _opt(0.01, "λ: the domain loss's weight in task loss + λ·domain loss.")
+    weight_schedule: str = _opt(
+        "constant",
+        "λ over training: constant, linear (0 to λ over ramp_steps), dann (2/(1+e^(-10p)) - 1).",
+        choices=("constant", "linear", "dann"),
+    )
+    ramp_steps: int | None = _opt(None, "Steps of the linear λ ramp (default: all steps).")
+    gamma: float = _opt(1.0, "WDGRL: weight γ of the critic's gradient penalty.")
+    critic_iter: int = _opt(3, "WDGRL: critic updates per training batch.")
+    critic_widths: list[int] = _opt([256, 128], "Hidden widths of the critic / classifier MLP.")
+    critic_activation: str = _opt(
+        "gelu", "Critic activation.", choices=("gelu", "relu", "leaky_relu", "tanh")
+    )
+    critic_dropout: float = _opt(0.0, "Critic dropout.")
+    critic_lr: float = _opt(1e-4, "WDGRL: the critic's Adam learning rate.")
+    critic_weight_decay: float = _opt(1e-3, "WDGRL: the critic's Adam weight decay.")
+    dann_alpha: float = _opt(1.0, "DANN: gradient reversal coefficient.")
+    mmd_kernel_num: int = _opt(5, "MMD: number of Gaussian kernels.")
+    mmd_kernel_mul: float = _opt(2.0, "MMD: ratio between consecutive kernel bandwidths.")
+    eval_samples: int = _opt(
+        256,
+        "Examples of each domain whose embeddings feed the domain metrics at evaluation "
+        "(a fresh domain classifier's accuracy, the critic's Ŵ).",
+    )
+
+
+@dataclass
 class RunConfig:
     """A whole training run."""
 
@@ -173,6 +244,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -181,7 +253,12 @@ class RunConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "domain": DomainConfig,
+}
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -210,19 +287,54 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError, OverflowError):
+                number = float(value)
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"at least {low}"
+
+
+def _below_one(note: str = "") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: 0 <= v < 1), f"at least 0 and below 1{note}"
+
+
+# Numeric options whose values outside these limits would fail deep inside training.
+_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.num_labels": _at_least(1),
+    "model.lora_r": _at_least(1),
+    "model.lora_alpha": _at_least(1),
+    "model.lora_dropout": _below_one(),
+    "data.eval_split": _below_one(" (0: no held-out set)"),
+    "train.batch_size": _at_least(1),
+    "train.eval_batch_size": _at_least(1),
+    "train.gradient_accumulation_steps": _at_least(1),
+    "train.learning_rate": ((lambda v: v > 0), "above 0"),
+    "train.weight_decay": _at_least(0),
+    "train.adam_beta1": _below_one(),
+    "train.adam_beta2": _below_one(),
+    "train.adam_epsilon": _at_least(0),
+    "train.warmup_steps": _at_least(0),
+    "train.warmup_ratio": ((lambda v: 0 <= v <= 1), "between 0 and 1"),
+    "train.max_grad_norm": ((lambda v: v > 0), "above 0 (null: no clipping)"),
+    "train.num_epochs": _at_least(1),
+    "train.max_steps": _at_least(1),
+    "train.eval_steps": _at_least(1),
+    "train.save_steps": _at_least(1),
+    "train.save_total_limit": _at_least(1),
+    "train.logging_steps": _at_least(1),
+    "train.seed": _at_least(0),
+}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -244,8 +356,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             continue
         coerced = _check_type(value, annotation, f"{where}{name}")
         choices = fields[name].metadata.get("choices")
-        if choices and coerced not in choices:
+        if choices and coerced is not None and coerced not in choices:
             raise ConfigError(f"{where}{name}: {coerced!r} is not one of {', '.join(choices)}")
+        limit = _LIMITS.get(f"{where}{name}")
+        if limit is not None and coerced is not None and not limit[0](coerced):
+            raise ConfigError(f"{where}{name}: must be {limit[1]}, got {coerced!r}")
         kwargs[name] = coerced
     return cls(**kwargs)
 
@@ -263,11 +378,17 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text ({exc.reason})"
+            raise ConfigError(f"cannot read config file {path}: {reason}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {path} is not valid YAML ({where}{problem})") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of options")
         values = loaded or {}

@@ -14,11 +14,24 @@ from dial.errors import DataError
 
 
 @dataclass
+class EvalSet:
+    """An evaluation set and the task its metrics are computed for."""
+
+    task: str
+    data: EncodedData
+
+
+@dataclass
 class RunData:
-    """The encoded sets of a run and the messages the user should see about them."""
+    """The encoded sets of a run and the messages the user should see about them.
+
+    ``target`` holds the target-domain training texts (None without target files); their
+    labels are kept only when the method uses them (``oracle``).
+    """
 
     train: EncodedData
-    evals: dict[str, EncodedData]
+    evals: dict[str, EvalSet]
+    target: EncodedData | None = None
     messages: list[str] = field(default_factory=list)
 
 
@@ -38,16 +51,23 @@ def split_heldout(
 
 
 def load_task_files(
-    files: list[str], config: DataConfig, *, domain: str = "source", require_labels: bool = True
+    files: list[str],
+    config: DataConfig,
+    *,
+    domain: str = "source",
+    require_labels: bool = True,
+    task: str | None = None,
+    dataset_config: str | None = None,
 ) -> tuple[list[Example], list[LoadReport]]:
-    """Read and validate several files of one domain."""
-    columns = load_column_config(config.dataset_config, config.task)
+    """Read and validate several files of one domain (of the run's task unless `task`)."""
+    task = task or config.task
+    columns = load_column_config(dataset_config or config.dataset_config, task)
     examples: list[Example] = []
     reports = []
     for path in files:
         loaded, report = load_examples(
             path,
-            config.task,
+            task,
             columns,
             file_type=config.file_type,
             domain=domain,
@@ -65,8 +85,31 @@ def eval_set_name(path: str) -> str:
     return name
 
 
-def prepare_run_data(config: DataConfig, tokenizer, fmt: SequenceFormat, seed: int) -> RunData:
-    """Load, validate, split and tokenise the training and evaluation files of a run."""
+def _with_preference(examples: list[Example], what: str, messages: list[str]) -> list[Example]:
+    """Drop (and report) records whose responses are identical: they carry no preference."""
+    kept = [e for e in examples if e.responses[0] not in e.responses[1:]]
+    if len(kept) < len(examples):
+        messages.append(
+            f"{what} skips {len(examples) - len(kept)} records whose responses are "
+            "identical (they carry no preference); evaluation keeps them and counts them wrong"
+        )
+    return kept
+
+
+def prepare_run_data(
+    config: DataConfig,
+    tokenizer,
+    fmt: SequenceFormat,
+    seed: int,
+    *,
+    target_labels: bool = False,
+) -> RunData:
+    """Load, validate, split and tokenise the training, target and evaluation files of a run.
+
+    Args:
+        target_labels: the method trains on the target's labels (``oracle``); otherwise the
+            target files need only their texts.
+    """
     if not config.train_files:
         raise DataError("no training files given (data.train_files)")
     examples, reports = load_task_files(config.train_files, config)
@@ -78,27 +121,39 @@ def prepare_run_data(config: DataConfig, tokenizer, fmt: SequenceFormat, seed: i
             f"held out {len(heldout)} of {len(examples) + len(heldout)} training records "
             f"(eval_split {config.eval_split}, seed {seed}) as 'heldout'"
         )
-    trainable = [e for e in examples if e.responses[0] not in e.responses[1:]]
-    if len(trainable) < len(examples):
-        messages.append(
-            f"training skips {len(examples) - len(trainable)} records whose responses are "
-            "identical (they carry no preference); evaluation keeps them and counts them wrong"
-        )
+    trainable = _with_preference(examples, "training", messages)
     if not trainable:
         raise DataError("no usable training records", file=", ".join(config.train_files))
     train = encode_examples(trainable, tokenizer, fmt, config.max_length)
     messages.append(f"train: {train.summary()}")
+    target = None
+    if config.target_files:
+        target_examples, target_reports = load_task_files(
+            config.target_files, config, domain="target", require_labels=target_labels
+        )
+        messages += [report.summary() for report in target_reports]
+        if target_labels:
+            target_examples = _with_preference(target_examples, "target training", messages)
+        target = encode_examples(target_examples, tokenizer, fmt, config.max_length)
+        messages.append(f"target: {target.summary()}")
     eval_length = config.eval_max_length or config.max_length
-    evals: dict[str, EncodedData] = {}
+    evals: dict[str, EvalSet] = {}
     if heldout:
-        evals["heldout"] = encode_examples(heldout, tokenizer, fmt, eval_length)
+        evals["heldout"] = EvalSet(
+            config.task, encode_examples(heldout, tokenizer, fmt, eval_length)
+        )
+    eval_task = config.eval_task or config.task
     for path in config.eval_files:
-        eval_examples, eval_reports = load_task_files([path], config)
+        eval_examples, eval_reports = load_task_files(
+            [path], config, task=eval_task, dataset_config=config.eval_dataset_config
+        )
         messages += [report.summary() for report in eval_reports]
         name = eval_set_name(path)
         if name in evals:
             name = f"{name}_{len(evals)}"
-        evals[name] = encode_examples(eval_examples, tokenizer, fmt, eval_length)
-    for name, data in evals.items():
-        messages.append(f"eval '{name}': {data.summary()}")
-    return RunData(train=train, evals=evals, messages=messages)
+        evals[name] = EvalSet(
+            eval_task, encode_examples(eval_examples, tokenizer, fmt, eval_length)
+        )
+    for name, eval_set in evals.items():
+        messages.append(f"eval '{name}' ({eval_set.task}): {eval_set.data.summary()}")
+    return RunData(train=train, evals=evals, target=target, messages=messages)

@@ -153,11 +153,7 @@ class RewardModel(nn.Module):
                     for k, v in base.state_dict().items()
                     if "lora_" not in k
                 }
-                base.config.save_pretrained(target / "backbone")
-                save_file(
-                    {k: v.contiguous() for k, v in state.items()},
-                    str(target / "backbone" / "model.safetensors"),
-                )
+                base.save_pretrained(target / "backbone", state_dict=state)
             else:
                 base.save_pretrained(target / "backbone")
         head = {k: v.detach().float().contiguous() for k, v in self.head.state_dict().items()}

@@ -1,8 +1,20 @@
 """The training recipe: setup -> train -> save -> cleanup, readable top to bottom.
 
+Methods (``train.method``):
+
+| method | loss | target data |
+|---|---|---|
+| ``source_only`` | task loss on source | none (used for domain metrics if given) |
+| ``dial`` | task loss on source + λ·domain loss(source embeddings, target embeddings) | texts |
+| ``oracle`` | task loss on source + task loss on the labelled target | labelled |
+| ``source_sft`` | task loss + next-token NLL on the source's preferred responses | none |
+| ``target_ntp`` | task loss + next-token NLL on the target texts | texts |
+
 Runs in one process or under ``accelerate launch`` (DDP on GPUs, gloo on CPUs). Each process
-takes every world-size-th batch of the epoch's order (the order is a pure function of seed and
-epoch), so a resumed run replays exactly the batches an uninterrupted run would have seen.
+takes every world-size-th (source, target) batch pair of the epoch's order (a pure function of
+seed and epoch), so a resumed run replays exactly what an uninterrupted run would have seen.
+The critic of an adversarial domain loss is trained beside the model by its own optimizer, its
+gradients averaged over the processes, so every rank holds the same critic.
 """
 
 from __future__ import annotations
@@ -18,25 +30,47 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from dial.config import RunConfig
+from dial.config import DomainConfig, RunConfig
 from dial.data.datasets import prepare_run_data
-from dial.data.tokenize import collate, model_inputs, plan_batches, sequence_format
+from dial.data.pairing import plan_paired_epoch
+from dial.data.tokenize import EncodedData, collate, model_inputs, plan_batches, sequence_format
 from dial.errors import ConfigError, DataError
-from dial.evaluation.evaluate import evaluate
+from dial.evaluation.domain_metrics import domain_classifier_accuracy
+from dial.evaluation.evaluate import evaluate, predict
 from dial.models.reward_model import RewardModel, build_reward_model
+from dial.objectives.domain_losses import DomainLoss, build_domain_loss, lambda_at
 from dial.objectives.task_losses import build_task_loss
 from dial.training import checkpoint as ckpt
+from dial.training.distributed import GradientAveragingOptimizer, average_gradients
 from dial.training.logging import RunLogger
 
 SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 NO_DECAY = ("bias", "norm", "LayerNorm", "layernorm")
+LM_METHODS = ("source_sft", "target_ntp")
+PAIRED_METHODS = ("dial", "oracle", "target_ntp")
+
+
+def domain_loss_options(domain: DomainConfig) -> dict[str, Any]:
+    """The options of `domain.loss` taken from the domain config."""
+    network = {
+        "widths": tuple(domain.critic_widths),
+        "activation": domain.critic_activation,
+        "dropout": domain.critic_dropout,
+    }
+    return {
+        "wdgrl": {**network, "gamma": domain.gamma, "critic_iter": domain.critic_iter},
+        "dann": {**network, "alpha": domain.dann_alpha},
+        "mmd": {"kernel_num": domain.mmd_kernel_num, "kernel_mul": domain.mmd_kernel_mul},
+        "coral": {},
+    }[domain.loss]
 
 
 class TrainingRun:
-    """One training run of a reward model on source data (method ``source_only``)."""
+    """One training run of a reward model (any method of the module docstring's table)."""
 
     def __init__(self, config: RunConfig, log=print) -> None:
         self.config = config
@@ -56,11 +90,35 @@ class TrainingRun:
                 f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
                 "or choose another output_dir"
             )
+        self.method = config.train.method
+        if self.method in PAIRED_METHODS and not config.data.target_files:
+            raise ConfigError(f"method {self.method} needs target data (data.target_files)")
         set_seed(config.train.seed)
-        model, self.tokenizer = build_reward_model(config.model)
+        model, self.tokenizer = build_reward_model(config.model, lm_head=self.method in LM_METHODS)
         self.fmt = sequence_format(self.tokenizer, model.spec.architecture)
-        data = prepare_run_data(config.data, self.tokenizer, self.fmt, config.train.seed)
-        self.train_data, self.eval_data = data.train, data.evals
+        data = prepare_run_data(
+            config.data,
+            self.tokenizer,
+            self.fmt,
+            config.train.seed,
+            target_labels=self.method == "oracle",
+        )
+        self.train_data, self.eval_data, self.target_data = data.train, data.evals, data.target
+        self.domain_loss: DomainLoss | None = None
+        self.critic_optimizer: GradientAveragingOptimizer | None = None
+        if self.method == "dial":
+            self.domain_loss = build_domain_loss(
+                config.domain.loss, model.hidden_size, **domain_loss_options(config.domain)
+            ).to(self.accelerator.device)
+            if self.domain_loss.adversarial:
+                critic_optimizer = torch.optim.Adam(
+                    self.domain_loss.critic_parameters(),
+                    lr=config.domain.critic_lr,
+                    weight_decay=config.domain.critic_weight_decay,
+                )
+                self.critic_optimizer = GradientAveragingOptimizer(
+                    critic_optimizer, self.accelerator
+                )
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config.save_yaml(self.run_dir / "config.yaml")
@@ -72,7 +130,7 @@ class TrainingRun:
         )
         optimizer = self._build_optimizer(model)
         self.steps_per_epoch = math.ceil(
-            self._batches_per_rank() / config.train.gradient_accumulation_steps
+            self._pairs_per_rank() / config.train.gradient_accumulation_steps
         )
         self.total_steps = config.train.max_steps or self.steps_per_epoch * config.train.num_epochs
         warmup = config.train.warmup_steps or round(config.train.warmup_ratio * self.total_steps)
@@ -108,10 +166,19 @@ class TrainingRun:
                     field="label",
                 )
 
+    def _joint_domain_parameters(self) -> list[torch.nn.Parameter]:
+        """Domain-loss parameters trained with the model (DANN's classifier), not a critic."""
+        if self.domain_loss is None:
+            return []
+        critic = {id(p) for p in self.domain_loss.critic_parameters()}
+        return [p for p in self.domain_loss.parameters() if id(p) not in critic]
+
     def _build_optimizer(self, model: RewardModel) -> torch.optim.Optimizer:
         train = self.config.train
         decay, no_decay = [], []
-        for name, parameter in model.named_parameters():
+        named = list(model.named_parameters())
+        named += [(f"domain_loss.{i}", p) for i, p in enumerate(self._joint_domain_parameters())]
+        for name, parameter in named:
             if parameter.requires_grad:
                 (no_decay if any(key in name for key in NO_DECAY) else decay).append(parameter)
         return torch.optim.AdamW(
@@ -124,27 +191,56 @@ class TrainingRun:
             eps=train.adam_epsilon,
         )
 
-    def _batches_per_rank(self) -> int:
-        n_batches = math.ceil(len(self.train_data) / self.config.train.batch_size)
-        if n_batches < self.world:
-            raise DataError(
-                f"{len(self.train_data)} training examples make {n_batches} batches, fewer than "
-                f"the {self.world} processes"
-            )
-        return n_batches // self.world
-
-    def _epoch_windows(self, epoch: int) -> list[list[list[int]]]:
-        """This rank's batches of `epoch`, grouped into optimizer steps."""
-        train = self.config.train
-        batches = plan_batches(
-            self.train_data.lengths,
-            train.batch_size,
-            shuffle=True,
-            seed=train.seed,
-            epoch=epoch,
-            group_by_length=self.config.data.group_by_length,
+    def _pairs_per_epoch(self) -> int:
+        """(source batch, target batch) pairs in an epoch; the target is None unpaired."""
+        source = math.ceil(len(self.train_data) / self.config.train.batch_size)
+        if self.method not in PAIRED_METHODS:
+            return source
+        target = math.ceil(len(self.target_data) / self._target_batch_size())
+        return (
+            min(source, target) if self.config.data.pairing == "truncate" else max(source, target)
         )
-        mine = batches[self.rank :: self.world][: self._batches_per_rank()]
+
+    def _target_batch_size(self) -> int:
+        return self.config.data.target_batch_size or self.config.train.batch_size
+
+    def _pairs_per_rank(self) -> int:
+        pairs = self._pairs_per_epoch()
+        if pairs < self.world:
+            raise DataError(
+                f"an epoch has {pairs} batches, fewer than the {self.world} processes "
+                "(lower train.batch_size or add data)"
+            )
+        return pairs // self.world
+
+    def _epoch_windows(self, epoch: int) -> list[list[tuple[list[int], list[int] | None]]]:
+        """This rank's (source batch, target batch) pairs of `epoch`, grouped into steps."""
+        train, data = self.config.train, self.config.data
+        if self.method in PAIRED_METHODS:
+            pairs: list[tuple[list[int], list[int] | None]] = list(
+                plan_paired_epoch(
+                    self.train_data.lengths,
+                    self.target_data.lengths,
+                    train.batch_size,
+                    self._target_batch_size(),
+                    pairing=data.pairing,
+                    seed=train.seed,
+                    epoch=epoch,
+                    shuffle_target=data.shuffle_target,
+                    group_by_length=data.group_by_length,
+                )
+            )
+        else:
+            batches = plan_batches(
+                self.train_data.lengths,
+                train.batch_size,
+                shuffle=True,
+                seed=train.seed,
+                epoch=epoch,
+                group_by_length=data.group_by_length,
+            )
+            pairs = [(batch, None) for batch in batches]
+        mine = pairs[self.rank :: self.world][: self._pairs_per_rank()]
         k = train.gradient_accumulation_steps
         return [mine[i : i + k] for i in range(0, len(mine), k)]
 
@@ -156,6 +252,10 @@ class TrainingRun:
         self.accelerator.unwrap_model(self.model).load_trained_weights(folder / "model")
         self.optimizer.load_state_dict(ckpt.torch_load(folder / "optimizer.pt"))
         self.scheduler.load_state_dict(ckpt.torch_load(folder / "scheduler.pt"))
+        if self.domain_loss is not None:
+            self.domain_loss.load_state_dict(load_file(str(folder / "domain_loss.safetensors")))
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.load_state_dict(ckpt.torch_load(folder / "critic_optimizer.pt"))
         ckpt.set_rng_state(ckpt.torch_load(folder / f"rng_rank{self.rank}.pt"))
         self.state = ckpt.load_state(folder)
         if self.logger is not None:
@@ -185,18 +285,18 @@ class TrainingRun:
                 started = time.perf_counter()
                 stats = self._optimizer_step(window)
                 train_seconds += time.perf_counter() - started
-                n_examples = sum(len(batch) for batch in window) * self.world
+                n_examples = sum(len(source) for source, _ in window) * self.world
                 train_examples += n_examples
                 state.global_step += 1
                 state.batches_done_in_epoch += len(window)
                 state.examples_seen += n_examples
                 window_stats.append(stats)
                 progress.update(1)
-                progress.set_postfix(
-                    loss=f"{stats['loss']:.4f}",
-                    acc=f"{stats['accuracy']:.3f}",
-                    pairs_s=f"{train_examples / max(train_seconds, 1e-9):.1f}",
-                )
+                shown = {"loss": f"{stats['loss']:.4f}", "acc": f"{stats['accuracy']:.3f}"}
+                if "wasserstein" in stats:
+                    shown["W"] = f"{stats['wasserstein']:.3f}"
+                shown["pairs_s"] = f"{train_examples / max(train_seconds, 1e-9):.1f}"
+                progress.set_postfix(shown)
                 step = state.global_step
                 if step % train.logging_steps == 0 or step == self.total_steps:
                     self._log_train(window_stats, train_examples / max(train_seconds, 1e-9))
@@ -224,7 +324,9 @@ class TrainingRun:
         throughput = train_examples / train_seconds if train_seconds else float("nan")
         return self._finish(last_eval, throughput)
 
-    def _task_loss(self, rewards: torch.Tensor, batch: dict[str, torch.Tensor], size: int):
+    def _task_loss(
+        self, rewards: torch.Tensor, batch: dict[str, torch.Tensor], size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean loss, accuracy) of one micro-batch of `size` examples."""
         task = self.config.data.task
         if task == "score":
@@ -243,46 +345,115 @@ class TrainingRun:
         accuracy = (grouped[:, :1] > grouped[:, 1:]).all(dim=1).float().mean()
         return loss, accuracy
 
-    def _optimizer_step(self, window: list[list[int]]) -> dict[str, float]:
+    def _batch(self, data: EncodedData, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate(
+            [data.examples[i] for i in indices], self.fmt, self.config.model.padding_side
+        )
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _lm_labels(self, batch: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+        """Next-token targets: source_sft the preferred response of each example (prompt masked),
+        target_ntp every token of the target texts; -100 elsewhere."""
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        if self.method == "source_sft":
+            labels = labels.masked_fill(batch["response_mask"] == 0, -100)
+            labels[size:] = -100  # rows past the first B hold the other responses
+        return labels
+
+    def _optimizer_step(self, window: list[tuple[list[int], list[int] | None]]) -> dict[str, float]:
         """Accumulate the gradients of one optimizer step's micro-batches, then step."""
         stats = self._accumulate_gradients(window)
         stats["grad_norm"] = self._apply_update()
         return stats
 
-    def _accumulate_gradients(self, window: list[list[int]]) -> dict[str, float]:
+    def _accumulate_gradients(
+        self, window: list[tuple[list[int], list[int] | None]]
+    ) -> dict[str, float]:
         """Forward and backward over the micro-batches of one optimizer step.
 
-        Each micro-batch's mean loss is weighted by its share of the window's examples, so the
-        gradient is that of the mean loss over every example of the step whatever the sizes.
+        Each micro-batch's loss is weighted by its share of the window's source examples, so
+        the gradient is that of the mean loss over every example of the step whatever the
+        sizes. Returns the window's statistics, each a mean weighted the same way.
         """
         self.model.train()
-        device = self.accelerator.device
-        total = sum(len(batch) for batch in window)
-        loss_sum = correct_sum = 0.0
-        for index, indices in enumerate(window):
-            batch = collate(
-                [self.train_data.examples[i] for i in indices],
-                self.fmt,
-                self.config.model.padding_side,
-            )
-            batch = {k: v.to(device) for k, v in batch.items()}
+        total = sum(len(source) for source, _ in window)
+        sums: dict[str, float] = {}
+        for index, (source, target) in enumerate(window):
+            share = len(source) / total
             sync = index == len(window) - 1
             context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
             with context:
-                rewards = self.model(**model_inputs(batch)).rewards
-                loss, accuracy = self._task_loss(rewards, batch, len(indices))
-                self.accelerator.backward(loss * (len(indices) / total))
-            loss_sum += loss.item() * len(indices)
-            correct_sum += accuracy.item() * len(indices)
-        if not math.isfinite(loss_sum):
+                loss, stats = self._micro_batch_loss(source, target)
+                self.accelerator.backward(loss * share)
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value * share
+        if not math.isfinite(sums["loss"]):
             raise FloatingPointError(
-                f"training loss became {loss_sum} at step {self.state.global_step + 1}; "
+                f"training loss became {sums['loss']} at step {self.state.global_step + 1}; "
                 "the last checkpoint is intact (lower the learning rate, or check the data)"
             )
-        return {"loss": loss_sum / total, "accuracy": correct_sum / total}
+        return sums
+
+    def _micro_batch_loss(
+        self, source: list[int], target: list[int] | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's loss on one (source, target) micro-batch pair, and its statistics."""
+        aux_weight = self.config.train.aux_weight
+        batch = self._batch(self.train_data, source)
+        lm_labels = self._lm_labels(batch, len(source)) if self.method == "source_sft" else None
+        output = self.model(**model_inputs(batch), lm_labels=lm_labels)
+        loss, accuracy = self._task_loss(output.rewards, batch, len(source))
+        stats = {"task_loss": loss.item(), "accuracy": accuracy.item()}
+        if output.lm_loss is not None:
+            loss = loss + aux_weight * output.lm_loss
+            stats["lm_loss"] = output.lm_loss.item()
+        if target is not None:
+            target_batch = self._batch(self.target_data, target)
+            target_labels = (
+                self._lm_labels(target_batch, len(target)) if self.method == "target_ntp" else None
+            )
+            target_output = self.model(**model_inputs(target_batch), lm_labels=target_labels)
+            if self.method == "oracle":
+                target_loss, target_accuracy = self._task_loss(
+                    target_output.rewards, target_batch, len(target)
+                )
+                loss = loss + target_loss
+                stats["target_task_loss"] = target_loss.item()
+                stats["target_accuracy"] = target_accuracy.item()
+            if target_output.lm_loss is not None:
+                loss = loss + aux_weight * target_output.lm_loss
+                stats["lm_loss"] = target_output.lm_loss.item()
+            if self.domain_loss is not None:
+                loss = loss + self._domain_term(output.embeddings, target_output.embeddings, stats)
+        stats["loss"] = loss.item()
+        return loss, stats
+
+    def _domain_term(
+        self, source: torch.Tensor, target: torch.Tensor, stats: dict[str, float]
+    ) -> torch.Tensor:
+        """λ·domain loss, after the critic's steps on the detached embeddings."""
+        assert self.domain_loss is not None
+        domain = self.config.domain
+        if self.critic_optimizer is not None:
+            critic_stats = self.domain_loss.critic_step(source, target, self.critic_optimizer)
+            stats.update(
+                {f"critic_{k.removeprefix('critic_')}": v for k, v in critic_stats.items()}
+            )
+        weight = lambda_at(
+            self.state.global_step,
+            self.total_steps,
+            value=domain.weight,
+            schedule=domain.weight_schedule,
+            ramp_steps=domain.ramp_steps,
+        )
+        output = self.domain_loss(source, target)
+        stats.update(output.stats)
+        stats["domain_weight"] = weight
+        return weight * output.loss
 
     def _apply_update(self) -> float:
         """Clip, step the optimizer and the schedule, clear the gradients; the gradient norm."""
+        average_gradients(self.accelerator, self._joint_domain_parameters())
         grad_norm = float("nan")
         if self.config.train.max_grad_norm is not None:
             grad_norm = float(
@@ -303,34 +474,71 @@ class TrainingRun:
             row[key] = sum(s[key] for s in window_stats) / len(window_stats)
         row["learning_rate"] = self.scheduler.get_last_lr()[0]
         row["pairs_per_second"] = throughput
-        row["epoch"] = self.state.epoch + self.state.batches_done_in_epoch / max(
-            1, self._batches_per_rank()
-        )
+        row["epoch"] = self._epochs_done()
         self.logger.log(row, "train")
 
+    def _epochs_done(self) -> float:
+        return self.state.epoch + self.state.batches_done_in_epoch / self._pairs_per_rank()
+
     def _evaluate(self) -> dict[str, dict[str, float]]:
-        """Metrics on every evaluation set (main process only; others wait at the next step)."""
-        if not self.is_main or not self.eval_data:
+        """Metrics on every evaluation set, and how far apart the domains' embeddings are
+        (main process only; the others wait at the next step)."""
+        if not self.is_main:
             return {}
         model = self.accelerator.unwrap_model(self.model)
         results = {}
-        for name, data in self.eval_data.items():
-            metrics = evaluate(
+        for name, eval_set in self.eval_data.items():
+            results[name] = evaluate(
                 model,
-                data,
+                eval_set.data,
                 self.fmt,
-                self.config.data.task,
+                eval_set.task,
                 batch_size=self.config.train.eval_batch_size,
                 padding_side=self.config.model.padding_side,
                 device=self.accelerator.device,
                 score_loss=self.config.data.score_loss,
             )
-            results[name] = metrics
-            row = {"step": self.state.global_step, "split": name, **metrics}
-            self.logger.log(row, f"eval/{name}")  # type: ignore[union-attr]
+        if self.target_data is not None:
+            results["domain"] = self._domain_metrics(model)
+        for name, metrics in results.items():
+            self.logger.log(
+                {"step": self.state.global_step, "split": name, **metrics}, f"eval/{name}"
+            )  # type: ignore[union-attr]
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
             self.print(f"step {self.state.global_step} eval '{name}': {shown}")
         return results
+
+    def _domain_metrics(self, model: RewardModel) -> dict[str, float]:
+        """A fresh domain classifier's held-out accuracy on source and target embeddings (and
+        the critic's Ŵ), on a fixed sample of each domain's training texts."""
+        samples = self.config.domain.eval_samples
+        embeddings = []
+        for data in (self.train_data, self.target_data):
+            subset = EncodedData(data.examples[:samples], 0, 0, data.max_length)
+            predictions = predict(
+                model,
+                subset,
+                self.fmt,
+                batch_size=self.config.train.eval_batch_size,
+                padding_side=self.config.model.padding_side,
+                device=self.accelerator.device,
+                with_embeddings=True,
+            )
+            embeddings.append(predictions.embeddings.reshape(-1, model.hidden_size))
+        source, target = embeddings
+        metrics = {
+            "domain_classifier_accuracy": domain_classifier_accuracy(
+                source, target, seed=self.config.train.seed
+            )
+        }
+        if self.domain_loss is not None and self.domain_loss.adversarial:
+            with torch.no_grad():
+                device = self.accelerator.device
+                estimate = self.domain_loss.wasserstein(
+                    torch.as_tensor(source, device=device), torch.as_tensor(target, device=device)
+                )
+            metrics["critic_wasserstein"] = estimate.item()
+        return metrics
 
     # ------------------------------------------------------------------ save
     def _save_checkpoint(self) -> None:
@@ -346,6 +554,11 @@ class TrainingRun:
             model.save_pretrained(staging / "model", self.tokenizer)
             torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+            if self.domain_loss is not None:
+                state = {k: v.contiguous() for k, v in self.domain_loss.state_dict().items()}
+                save_file(state, str(staging / "domain_loss.safetensors"))
+            if self.critic_optimizer is not None:
+                torch.save(self.critic_optimizer.state_dict(), staging / "critic_optimizer.pt")
             self.config.save_yaml(staging / "config.yaml")
             ckpt.commit_checkpoint(staging, self.state, self.config.train.save_total_limit)
         accelerator.wait_for_everyone()
@@ -357,8 +570,7 @@ class TrainingRun:
             model.save_pretrained(self.run_dir / "final", self.tokenizer)
             final = {
                 "global_step": self.state.global_step,
-                "epochs": self.state.epoch
-                + self.state.batches_done_in_epoch / max(1, self._batches_per_rank()),
+                "epochs": self._epochs_done(),
                 "eval": last_eval,
                 "train_examples": len(self.train_data),
                 "train_pairs_per_second": throughput,
