@@ -63,9 +63,9 @@ def test_accumulation_gives_the_gradient_of_the_mean_loss(tmp_path: Path) -> Non
     gradients = []
     run.model.eval()  # no dropout, so every forward sees the same network
     run.model.train = lambda mode=True: run.model  # keep eval mode inside the step
-    for window in ([list(range(8))], [[0, 1, 2], [3, 4, 5, 6, 7]], [[0, 1, 2]], [[3, 4, 5, 6, 7]]):
+    for batches in ([list(range(8))], [[0, 1, 2], [3, 4, 5, 6, 7]], [[0, 1, 2]], [[3, 4, 5, 6, 7]]):
         run.model.zero_grad()
-        stats = run._accumulate_gradients(window)
+        stats = run._accumulate_gradients([(batch, None) for batch in batches])
         gradient = torch.cat([p.grad.flatten() for p in run.model.parameters()])
         gradients.append((gradient, stats["loss"]))
     (whole, whole_loss), (split, split_loss), (first, _), (second, _) = gradients

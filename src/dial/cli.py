@@ -7,6 +7,7 @@ option) is printed as one line and exits with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import typing
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from dial import __version__
 from dial.config import iter_options
-from dial.errors import DialError
+from dial.errors import ConfigError, DialError
 
 
 def _train_parser(subparsers) -> None:
@@ -52,16 +53,36 @@ def _train_parser(subparsers) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from dial.config import load_config
-    from dial.training.trainer import train
 
     keys = {key for key, _ in iter_options()}
     overrides = {k: v for k, v in vars(args).items() if k in keys}
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # before the slow imports: bad options fail fast
+    if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
+        raise ConfigError(f"output_dir {config.output_dir} is a file, not a run folder")
+    from dial.training.trainer import train
+
     final = train(config)
     if final:
         print(json.dumps(final["eval"], indent=2))
         print(f"train pairs/s: {final['train_pairs_per_second']:.2f}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _check_output_files(*paths: str | None) -> None:
+    """Fail before the model loads when an output path is a folder."""
+    for path in paths:
+        if path is not None and Path(path).is_dir():
+            raise DialError(f"output {path} is a folder; give a file name")
 
 
 def _add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,8 +95,8 @@ def _add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset-config", default=None, help="dataset-config JSON naming the columns"
     )
     parser.add_argument("--file-type", default=None, help="json, csv or parquet (default: suffix)")
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per sequence")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per batch")
+    parser.add_argument("--max-length", type=_positive_int, default=512, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="examples per batch")
     parser.add_argument(
         "--score-loss",
         default="mse",
@@ -112,6 +133,7 @@ def _load_for_inference(args: argparse.Namespace):
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    _check_output_files(args.output)
     from dial.evaluation.evaluate import evaluate
 
     model, fmt, sets, device = _load_for_inference(args)
@@ -139,6 +161,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_score(args: argparse.Namespace) -> int:
     import numpy as np
 
+    _check_output_files(args.output, args.embeddings)
     from dial.data.io import write_records
     from dial.evaluation.evaluate import predict, score_predictions
 
@@ -232,16 +255,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_arguments(command: str, extra: list[str]) -> str:
+    """The message for arguments no parser took; for train, the closest option's name."""
+    option = next((arg for arg in extra if arg.startswith("--")), None)
+    if command == "train" and option is not None:
+        key = option[2:].partition("=")[0]
+        close = difflib.get_close_matches(key, [k for k, _ in iter_options()], n=1)
+        hint = f" (did you mean '--{close[0]}'?)" if close else ""
+        return f"unknown option '--{key}'{hint}; `dial train --help` lists every option"
+    return f"unrecognized arguments: {' '.join(extra)}"
+
+
+def _report(command: str, exc: BaseException) -> None:
+    """Print `exc` as the one line ``dial <command>: error: <message>``."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"dial {command}: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    command = args.command
+    if command == "data":
+        command = f"data {args.data_command}"
+    if extra:
+        print(f"dial {command}: error: {_unknown_arguments(args.command, extra)}", file=sys.stderr)
+        return 2
     try:
         return typing.cast(int, args.handler(args))
     except DialError as exc:
-        print(f"dial {args.command}: error: {exc}", file=sys.stderr)
+        _report(command, exc)
         return 2
     except FloatingPointError as exc:
-        print(f"dial {args.command}: error: {exc}", file=sys.stderr)
+        _report(command, exc)
         return 1
 
 

@@ -119,6 +119,11 @@ class DataConfig:
         "Target-domain training files: their texts for dial and target_ntp, texts and labels "
         "for oracle; with source_only only the domain metrics use them.",
     )
+    target_eval_split: float = _opt(
+        0.0,
+        "Hold out this fraction of the target records (seeded, never trained on) as an "
+        "evaluation set named 'target_heldout'; needs the target's labels.",
+    )
     target_batch_size: int | None = _opt(
         None, "Target examples per micro-batch (default: train.batch_size)."
     )
@@ -228,6 +233,9 @@ class DomainConfig:
     dann_alpha: float = _opt(1.0, "DANN: gradient reversal coefficient.")
     mmd_kernel_num: int = _opt(5, "MMD: number of Gaussian kernels.")
     mmd_kernel_mul: float = _opt(2.0, "MMD: ratio between consecutive kernel bandwidths.")
+    mmd_bandwidth: float | None = _opt(
+        None, "MMD: the base bandwidth (null: the mean squared distance of each batch)."
+    )
     eval_samples: int = _opt(
         256,
         "Examples of each domain whose embeddings feed the domain metrics at evaluation "
@@ -316,6 +324,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.lora_alpha": _at_least(1),
     "model.lora_dropout": _below_one(),
     "data.eval_split": _below_one(" (0: no held-out set)"),
+    "data.target_eval_split": _below_one(" (0: no held-out set)"),
     "train.batch_size": _at_least(1),
     "train.eval_batch_size": _at_least(1),
     "train.gradient_accumulation_steps": _at_least(1),

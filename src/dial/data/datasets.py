@@ -127,11 +127,24 @@ def prepare_run_data(
     train = encode_examples(trainable, tokenizer, fmt, config.max_length)
     messages.append(f"train: {train.summary()}")
     target = None
+    target_heldout: list[Example] = []
     if config.target_files:
         target_examples, target_reports = load_task_files(
-            config.target_files, config, domain="target", require_labels=target_labels
+            config.target_files,
+            config,
+            domain="target",
+            require_labels=target_labels or bool(config.target_eval_split),
         )
         messages += [report.summary() for report in target_reports]
+        if config.target_eval_split:
+            target_examples, target_heldout = split_heldout(
+                target_examples, config.target_eval_split, seed
+            )
+            messages.append(
+                f"held out {len(target_heldout)} of {len(target_examples) + len(target_heldout)}"
+                f" target records (target_eval_split {config.target_eval_split}, seed {seed}) "
+                "as 'target_heldout'"
+            )
         if target_labels:
             target_examples = _with_preference(target_examples, "target training", messages)
         target = encode_examples(target_examples, tokenizer, fmt, config.max_length)
@@ -141,6 +154,10 @@ def prepare_run_data(
     if heldout:
         evals["heldout"] = EvalSet(
             config.task, encode_examples(heldout, tokenizer, fmt, eval_length)
+        )
+    if target_heldout:
+        evals["target_heldout"] = EvalSet(
+            config.task, encode_examples(target_heldout, tokenizer, fmt, eval_length)
         )
     eval_task = config.eval_task or config.task
     for path in config.eval_files:

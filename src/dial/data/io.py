@@ -54,9 +54,9 @@ def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
             raise DataError(
-                f"line {line_number + 1} is not valid JSON ({exc.msg})",
+                f"line {line_number + 1} is not valid JSON ({getattr(exc, 'msg', exc)})",
                 file=str(path),
                 record=len(records),
             ) from exc
@@ -75,6 +75,8 @@ def _read_json(path: Path, text: str) -> list[dict[str, Any]]:
         raise DataError(
             f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file=str(path)
         ) from exc
+    except ValueError as exc:  # an integer too long to convert
+        raise DataError(f"not valid JSON ({exc})", file=str(path)) from exc
     return data
 
 
@@ -85,12 +87,12 @@ def _read_csv(path: Path, text: str, delimiter: str | None) -> list[dict[str, An
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     records = []
     for index, row in enumerate(reader):
-        if None in row:
+        header = len(reader.fieldnames or [])
+        # DictReader puts extra cells under None and fills missing ones with None
+        cells = header + len(row.get(None, ())) - sum(value is None for value in row.values())
+        if cells != header:
             raise DataError(
-                f"row has {len(reader.fieldnames or []) + len(row[None])} cells but the header "
-                f"has {len(reader.fieldnames or [])}",
-                file=str(path),
-                record=index,
+                f"row has {cells} cells but the header has {header}", file=str(path), record=index
             )
         records.append(dict(row))
     return records

@@ -68,11 +68,17 @@ def load_column_config(path: str | Path | None, task: str) -> ColumnConfig:
     if path is None:
         return DEFAULT_COLUMNS[task]
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise DataError("dataset config does not exist", file=str(path)) from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"dataset config is not valid JSON ({exc.msg})", file=str(path)) from exc
+    except OSError as exc:
+        raise DataError(f"cannot read the dataset config ({exc.strerror})", file=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"dataset config is not UTF-8 text ({exc.reason})", file=str(path)) from exc
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        raise DataError(
+            f"dataset config is not valid JSON ({getattr(exc, 'msg', exc)})", file=str(path)
+        ) from exc
     if not isinstance(raw, dict):
         raise DataError("dataset config must be a JSON object", file=str(path))
     unknown = sorted(set(raw) - set(_CONFIG_KEYS))
@@ -146,6 +152,15 @@ class LoadReport:
         return text
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """The repr of `value` for a message, cut to about `limit` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        text = f"a {type(value).__name__} too long to print"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _text(record: dict[str, Any], column: str, file: str, index: int) -> str:
     if column not in record:
         present = ", ".join(sorted(record)) or "none"
@@ -155,7 +170,7 @@ def _text(record: dict[str, Any], column: str, file: str, index: int) -> str:
     value = record[column]
     if not isinstance(value, str):
         raise DataError(
-            f"expected text, got {type(value).__name__} {str(value)[:40]!r}",
+            f"expected text, got {type(value).__name__} {_short(value)}",
             file=file,
             record=index,
             field=column,
@@ -173,7 +188,11 @@ def _label(record: dict[str, Any], column: str, file: str, index: int) -> float:
         number = float(value)
     except (TypeError, ValueError) as exc:
         raise DataError(
-            f"expected a number, got {value!r}", file=file, record=index, field=column
+            f"expected a number, got {_short(value)}", file=file, record=index, field=column
+        ) from exc
+    except OverflowError as exc:
+        raise DataError(
+            f"label {_short(value)} is too large", file=file, record=index, field=column
         ) from exc
     if not math.isfinite(number):
         raise DataError(f"label is {number}", file=file, record=index, field=column)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from dial.data.records import Example
+from dial.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,9 @@ def encode_examples(
     """Tokenise every (prompt, response) sequence of `examples` within `max_length` tokens."""
     budget = max_length - fmt.special_count
     if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room beside the special tokens")
+        raise ConfigError(
+            f"max_length {max_length} leaves no room beside the {fmt.special_count} special tokens"
+        )
     prompts = sorted({example.prompt for example in examples})
     responses = sorted({r for example in examples for r in example.responses})
     prompt_ids = dict(zip(prompts, _tokenize(tokenizer, prompts), strict=True))

@@ -31,7 +31,7 @@ from transformers import (
 
 from dial import __version__
 from dial.config import ModelConfig
-from dial.errors import DialError
+from dial.errors import ConfigError, DialError
 from dial.models.pooling import pool, resolve_pooling
 from dial.models.registry import ResolvedModel, resolve_model
 
@@ -239,7 +239,10 @@ def _apply_lora(backbone: nn.Module, config: ModelConfig) -> tuple[nn.Module, di
         "lora_dropout": config.lora_dropout,
         "target_modules": targets,
     }
-    return get_peft_model(backbone, LoraConfig(bias="none", **lora)), lora
+    try:
+        return get_peft_model(backbone, LoraConfig(bias="none", **lora)), lora
+    except ValueError as exc:  # peft: target modules not found in the model
+        raise ConfigError(f"model.lora_target_modules {targets}: {exc}") from exc
 
 
 def build_reward_model(
@@ -288,8 +291,10 @@ def load_reward_model(
     config_path = source / "dial_config.json"
     if not config_path.is_file():
         raise DialError(f"{source} is not a dial reward-model folder (no dial_config.json)")
-    raw = json.loads(config_path.read_text())
-    spec = RewardModelSpec(**raw)
+    try:
+        spec = RewardModelSpec(**json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DialError(f"{config_path} is not a valid dial model config ({exc})") from exc
     dtype = DTYPES[spec.precision]
     if spec.backbone_saved:
         resolved = ResolvedModel(str(source / "backbone"), spec.architecture, False, None)

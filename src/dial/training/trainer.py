@@ -64,7 +64,11 @@ def domain_loss_options(domain: DomainConfig) -> dict[str, Any]:
     return {
         "wdgrl": {**network, "gamma": domain.gamma, "critic_iter": domain.critic_iter},
         "dann": {**network, "alpha": domain.dann_alpha},
-        "mmd": {"kernel_num": domain.mmd_kernel_num, "kernel_mul": domain.mmd_kernel_mul},
+        "mmd": {
+            "kernel_num": domain.mmd_kernel_num,
+            "kernel_mul": domain.mmd_kernel_mul,
+            "bandwidth": domain.mmd_bandwidth,
+        },
         "coral": {},
     }[domain.loss]
 
