@@ -114,6 +114,7 @@ class Meter:
         self.cuda = torch.cuda.is_available()
         self.started: float | None = None
         self.ended: float | None = None
+        self.cpu_started = self.cpu_ended = 0.0
         self.first_ended: float | None = None
         self.first_pairs = 0
         self.steps = self.pairs = self.padded_tokens = self.real_tokens = 0
@@ -136,6 +137,7 @@ class Meter:
             except OSError:
                 self._can_reset_rss = False
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
 
     def step_done(self) -> None:
         """Call at the end of every optimizer step."""
@@ -144,6 +146,7 @@ class Meter:
         if self.cuda:
             torch.cuda.synchronize()
         self.ended = time.perf_counter()
+        self.cpu_ended = time.process_time()
         self.steps += 1
         if self.steps == 1:
             self.first_ended, self.first_pairs = self.ended, self.pairs
@@ -171,6 +174,9 @@ class Meter:
             "pairs_per_second_after_first_step": (
                 (self.pairs - self.first_pairs) / later if self.steps > 1 and later > 0 else None
             ),
+            # CPU time of all threads: less sensitive than wall time to a busy machine
+            "train_cpu_seconds": self.cpu_ended - self.cpu_started,
+            "pairs_per_cpu_second": self.pairs / max(self.cpu_ended - self.cpu_started, 1e-9),
             "padded_tokens_per_pair": self.padded_tokens / max(self.pairs, 1),
             "real_tokens_per_pair": self.real_tokens / max(self.pairs, 1),
             "rss_at_train_start_mb": self.rss_at_start_mb,
@@ -270,20 +276,31 @@ def run_dial(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     meter = Meter()
 
     class MeasuredRun(TrainingRun):
-        """TrainingRun that reports the timing and tokens of its loop to `meter`."""
+        """TrainingRun that reports the timing and the batches of its loop to `meter`.
+
+        Batches are counted by a forward pre-hook on the model (training mode only), and steps
+        by wrapping ``_optimizer_step`` with whatever arguments it takes, so the measurement
+        does not depend on how the trainer plans its batches.
+        """
+
+        def setup(self) -> None:
+            super().setup()
+            responses = len(self.train_data.examples[0].input_ids)  # 2 for preference pairs
+
+            def count(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                if module.training:
+                    mask = kwargs["attention_mask"] if "attention_mask" in kwargs else args[1]
+                    meter.add_batch(mask.shape[0] // responses, mask.numel(), int(mask.sum()))
+
+            model = self.accelerator.unwrap_model(self.model)
+            model.register_forward_pre_hook(count, with_kwargs=True)
 
         def train(self) -> dict[str, Any]:
             meter.start()
             return super().train()
 
-        def _optimizer_step(self, window: list[list[int]]) -> dict[str, float]:
-            for batch in window:  # counted before the step, as TRL's batches are
-                examples = [self.train_data.examples[i] for i in batch]
-                width = max(example.length for example in examples)
-                rows = sum(len(example.input_ids) for example in examples)
-                real = sum(len(ids) for example in examples for ids in example.input_ids)
-                meter.add_batch(len(examples), rows * width, real)
-            stats = super()._optimizer_step(window)
+        def _optimizer_step(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+            stats = super()._optimizer_step(*args, **kwargs)
             meter.step_done()
             return stats
 
@@ -329,7 +346,7 @@ def run_dial(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         final = run.train()
     finally:
         run.cleanup()
-    heldout = next(iter(final["eval"].values()))
+    heldout = final["eval"].get("heldout") or next(iter(final["eval"].values()))
     return {
         **meter.result(),
         "heldout_accuracy": heldout["accuracy"],
@@ -441,11 +458,16 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     prepared = trainer.train_dataset
     if len(prepared) == len(records):  # our copy of TRL's tokenisation must match TRL's own
-        ours = trl_token_ids(
-            tokenizer, records[0]["prompt"], records[0]["response_chosen"], eos_token
-        )
-        if ours != list(prepared[0]["chosen_ids"]):
-            raise RuntimeError("trl_token_ids does not reproduce RewardTrainer's tokenisation")
+        for record, row in zip(
+            records[:8], prepared.select(range(min(8, len(records)))), strict=True
+        ):
+            for response, column in (
+                ("response_chosen", "chosen_ids"),
+                ("response_rejected", "rejected_ids"),
+            ):
+                ours = trl_token_ids(tokenizer, record["prompt"], record[response], eos_token)
+                if ours != list(row[column]):
+                    raise RuntimeError("trl_token_ids does not match RewardTrainer's tokenisation")
     trainer.train()
     heldout = read_records(args.heldout_file)
     accuracy = trl_heldout_accuracy(
@@ -573,6 +595,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = (
         "pairs_per_second",
         "pairs_per_second_after_first_step",
+        "pairs_per_cpu_second",
         "peak_memory_mb",
         "train_peak_memory_mb",
         "heldout_accuracy",
@@ -595,6 +618,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "dial_over_trl": {
             "pairs_per_second": ratio("pairs_per_second"),
             "pairs_per_second_after_first_step": ratio("pairs_per_second_after_first_step"),
+            "pairs_per_cpu_second": ratio("pairs_per_cpu_second"),
             "peak_memory_mb": ratio("peak_memory_mb"),
             "train_peak_memory_mb": ratio("train_peak_memory_mb"),
         },
@@ -629,6 +653,8 @@ def print_report(
         ("pairs/s (training loop)", "pairs_per_second", ".2f", ratios["pairs_per_second"]),
         ("pairs/s (after the first step)", "pairs_per_second_after_first_step", ".2f",
          ratios["pairs_per_second_after_first_step"]),
+        ("pairs per CPU-second (all threads)", "pairs_per_cpu_second", ".3f",
+         ratios["pairs_per_cpu_second"]),
         (f"peak memory MiB ({memory}, process)", "peak_memory_mb", ".0f",
          ratios["peak_memory_mb"]),
         ("peak memory MiB (training loop)", "train_peak_memory_mb", ".0f",
@@ -653,6 +679,11 @@ def print_report(
         f"TRL {first['trl']['trainable_parameters']:,}; pairs trained per run: "
         f"dial {first['dial']['pairs']}, TRL {first['trl']['pairs']}"
     )
+    if first["dial"]["pairs"] != first["trl"]["pairs"]:
+        print(
+            "  (dial's epoch plan holds one partial batch, the remainder of the data, at a "
+            "random position; TRL's is the last of the epoch)"
+        )
     dial_own = _fmt(median_of(runs, "dial_reported_pairs_per_second"), ".2f")
     print(
         "notes: pairs/s = pairs / wall time from the start of the training loop to the end of "

@@ -17,6 +17,7 @@ from pathlib import Path
 from dial import __version__
 from dial.config import iter_options
 from dial.errors import ConfigError, DialError
+from dial.release import add_release_flags, eval_arguments, release_flags_given, train_overrides
 
 
 def _train_parser(subparsers) -> None:
@@ -29,6 +30,7 @@ def _train_parser(subparsers) -> None:
             "Lists are written in YAML: --data.train_files [a.jsonl,b.jsonl]."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--config", help="YAML run config", default=None)
     for key, field in iter_options():
@@ -48,14 +50,19 @@ def _train_parser(subparsers) -> None:
             metavar="BOOL" if is_bool else key.rpartition(".")[2].upper(),
             help=help_text,
         )
+    add_release_flags(parser)
     parser.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from dial.config import load_config
 
+    release = release_flags_given(args)
+    if release.get("mode") == "eval":
+        return _run_eval(_release_eval_namespace(args, release))
     keys = {key for key, _ in iter_options()}
-    overrides = {k: v for k, v in vars(args).items() if k in keys}
+    overrides = train_overrides(release) if release else {}
+    overrides.update({k: v for k, v in vars(args).items() if k in keys})
     config = load_config(args.config, overrides)  # before the slow imports: bad options fail fast
     if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
         raise ConfigError(f"output_dir {config.output_dir} is a file, not a run folder")
@@ -85,9 +92,18 @@ def _check_output_files(*paths: str | None) -> None:
             raise DialError(f"output {path} is a folder; give a file name")
 
 
+def _release_eval_namespace(args: argparse.Namespace, release: dict) -> argparse.Namespace:
+    """The `dial eval` arguments of the release's evaluation flags."""
+    values = eval_arguments(release)
+    values["trust_remote_code"] = getattr(args, "trust_remote_code", False)
+    return argparse.Namespace(**values)
+
+
 def _add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="reward-model folder, checkpoint folder or run folder")
-    parser.add_argument("data", nargs="+", help="data files (JSON, JSONL, CSV, Parquet)")
+    parser.add_argument(
+        "model", nargs="?", help="reward-model folder, checkpoint folder or run folder"
+    )
+    parser.add_argument("data", nargs="*", help="data files (JSON, JSONL, CSV, Parquet)")
     parser.add_argument(
         "--task", default="preference", choices=("preference", "mcq", "score"), help="task"
     )
@@ -111,6 +127,8 @@ def _add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_for_inference(args: argparse.Namespace):
     import torch
 
+    if args.model is None or not args.data:
+        raise ConfigError("give a model folder and at least one data file")
     from dial.data.tokenize import sequence_format
     from dial.evaluation.evaluate import find_model_folder, load_eval_data
     from dial.models.reward_model import load_reward_model
@@ -133,6 +151,9 @@ def _load_for_inference(args: argparse.Namespace):
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    release = release_flags_given(args)
+    if release:
+        args = _release_eval_namespace(args, release)
     _check_output_files(args.output)
     from dial.evaluation.evaluate import evaluate
 
@@ -224,10 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(subparsers)
 
     evaluate = subparsers.add_parser(
-        "eval", help="metrics of a reward model on labelled data (JSON)"
+        "eval", help="metrics of a reward model on labelled data (JSON)", allow_abbrev=False
     )
     _add_model_data_arguments(evaluate)
     evaluate.add_argument("-o", "--output", default=None, help="also write the metrics JSON here")
+    add_release_flags(evaluate)
     evaluate.set_defaults(handler=_run_eval)
 
     score = subparsers.add_parser(
