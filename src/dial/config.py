@@ -343,6 +343,20 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.save_total_limit": _at_least(1),
     "train.logging_steps": _at_least(1),
     "train.seed": _at_least(0),
+    "train.aux_weight": _at_least(0),
+    "data.target_batch_size": _at_least(1),
+    "domain.weight": _at_least(0),
+    "domain.ramp_steps": _at_least(1),
+    "domain.gamma": _at_least(0),
+    "domain.critic_iter": _at_least(1),
+    "domain.critic_dropout": _below_one(),
+    "domain.critic_lr": ((lambda v: v > 0), "above 0"),
+    "domain.critic_weight_decay": _at_least(0),
+    "domain.dann_alpha": _at_least(0),
+    "domain.mmd_kernel_num": _at_least(1),
+    "domain.mmd_kernel_mul": ((lambda v: v > 0), "above 0"),
+    "domain.mmd_bandwidth": ((lambda v: v > 0), "above 0 (null: from the data)"),
+    "domain.eval_samples": _at_least(4),
 }
 
 
