@@ -555,3 +555,14 @@ def test_dial_aligns_shifted_embeddings_better_than_source_only() -> None:
     assert acc_dial < acc_source_only - 0.15
     assert w_dial < 0.25 * w_source_only
     assert task_source_only > 0.95 and task_dial > 0.9  # the label direction survives
+
+
+def test_domain_classifier_accuracy_separates_only_shifted_clouds() -> None:
+    from dial.evaluation.domain_metrics import domain_classifier_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(200, 8, generator=generator)
+    same = torch.randn(200, 8, generator=generator)
+    shifted = same + torch.tensor([3.0] + [0.0] * 7)
+    assert domain_classifier_accuracy(source.numpy(), shifted.numpy()) > 0.9
+    assert abs(domain_classifier_accuracy(source.numpy(), same.numpy()) - 0.5) < 0.1

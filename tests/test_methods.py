@@ -237,3 +237,14 @@ def test_two_processes_end_with_identical_model_and_critic(tmp_path: Path) -> No
     initial = single.domain_loss.state_dict()
     assert any(not torch.equal(initial[k], rank0[f"domain.{k}"]) for k in initial)
     single.cleanup()
+
+
+def test_target_eval_split_holds_target_records_out_of_training(tmp_path: Path) -> None:
+    config = _config(tmp_path, "dial", **{"data.target_eval_split": 0.25})
+    run = TrainingRun(config, log=lambda *_: None)
+    run.setup()
+    heldout = run.eval_data["target_heldout"].data.examples
+    assert len(heldout) == 10 and len(run.target_data) == 30
+    trained = {tuple(map(tuple, e.input_ids)) for e in run.target_data.examples}
+    assert not trained & {tuple(map(tuple, e.input_ids)) for e in heldout}
+    run.cleanup()
