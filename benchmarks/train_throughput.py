@@ -12,6 +12,8 @@ What it measures
       way for both, from the start of the loop to the end of the last optimizer step (batch
       collation, forward, backward, clipping, optimizer and schedule steps and the per-step
       bookkeeping in between). Model loading, tokenisation, evaluation and saving are excluded.
+      Also shown: pairs/s without the first step (one-off set-up), and pairs per CPU-second
+      (process CPU time of all threads over the same interval; a busy machine disturbs it less).
       dial's own figure (``train_pairs_per_second`` of ``final_metrics.json``, which sums only
       the optimizer-step calls) is recorded beside it in the JSON results.
     - peak memory: each trainer runs in a fresh subprocess; on CPU the process's peak resident
