@@ -46,9 +46,11 @@ Known differences between the two set-ups (kept on purpose, and printed with the
       rejected sequences in one forward pass of 2 x batch rows; dial groups pairs of similar
       length (``data.group_by_length``, its default; ``--no-group-by-length`` turns it off),
       TRL samples batches at random.
+    - Dropout: both turn the backbone's dropout off while training (dial's
+      ``model.disable_dropout`` and TRL's ``disable_dropout``, each trainer's default); LoRA
+      dropout is the same for both.
     - TRL settings that differ from RewardConfig's defaults, to match dial: gradient
-      checkpointing off, bf16 off (float32), dropout kept (``disable_dropout=False``), and the
-      non-fused ``adamw_torch`` optimizer.
+      checkpointing off, bf16 off (float32), and the non-fused ``adamw_torch`` optimizer.
 
 Run (from the project root; nothing is downloaded, the HF hub is forced offline)::
 
@@ -431,7 +433,7 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         gradient_checkpointing=False,
         bf16=False,
         fp16=False,
-        disable_dropout=False,
+        disable_dropout=True,
         logging_steps=LOGGING_STEPS,
         report_to=[],
         save_strategy="no",
@@ -692,9 +694,10 @@ def print_report(
         "the last optimizer step (loading, tokenisation, evaluation, saving excluded); "
         f"dial's own final_metrics figure: {dial_own} pairs/s (optimizer-step time only).\n"
         "  dial keeps its default mean pooling + linear head; TRL's BERT head is pooler "
-        "(CLS -> dense -> tanh) + dropout + linear, and LoRA 'dense' also wraps its pooler.\n"
+        "(CLS -> dense -> tanh) + linear, and LoRA 'dense' also wraps its pooler.\n"
         f"  dial batches by length (group_by_length={args.group_by_length}); TRL samples at "
-        "random. TRL runs with gradient checkpointing off, float32, dropout on, adamw_torch."
+        "random. Both train without backbone dropout; TRL runs with gradient checkpointing "
+        "off, float32, adamw_torch."
     )
 
 

@@ -53,3 +53,29 @@ def preference_records(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture
 def pref_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "pairs.jsonl", preference_records(64))
+
+
+class Interrupted(Exception):
+    """Raised by :func:`train_until_crash` in place of a real crash."""
+
+
+def train_until_crash(config, crash_at_call: int) -> None:
+    """Run `config` and interrupt it at its `crash_at_call`-th optimizer step (1-based), as a
+    crash would: the steps before it and their checkpoints are done, nothing after."""
+    from dial.training.trainer import TrainingRun, train
+
+    original = TrainingRun._optimizer_step
+    calls = {"n": 0}
+
+    def crashing_step(self, window):
+        calls["n"] += 1
+        if calls["n"] == crash_at_call:
+            raise Interrupted
+        return original(self, window)
+
+    TrainingRun._optimizer_step = crashing_step
+    try:
+        with pytest.raises(Interrupted):
+            train(config, log=lambda *_: None)
+    finally:
+        TrainingRun._optimizer_step = original

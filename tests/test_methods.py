@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import preference_records, write_jsonl
+from conftest import preference_records, train_until_crash, write_jsonl
 from safetensors.torch import load_file
 
 from dial.config import load_config
@@ -154,27 +154,11 @@ def test_a_method_that_needs_a_target_says_so(tmp_path: Path) -> None:
         train(config, log=lambda *_: None)
 
 
-class Interrupted(Exception):
-    pass
-
-
-def test_dial_resume_restores_the_critic_exactly(tmp_path: Path, monkeypatch) -> None:
+def test_dial_resume_restores_the_critic_exactly(tmp_path: Path) -> None:
     overrides = {"train.num_epochs": 2, "train.save_steps": 3, "model.lora_dropout": 0.1}
     whole = train(_config(tmp_path / "a", "dial", **overrides), log=lambda *_: None)
     config = _config(tmp_path / "b", "dial", **overrides)
-    original = TrainingRun._optimizer_step
-    calls = {"n": 0}
-
-    def crash(self, window):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Interrupted
-        return original(self, window)
-
-    monkeypatch.setattr(TrainingRun, "_optimizer_step", crash)
-    with pytest.raises(Interrupted):
-        train(config, log=lambda *_: None)
-    monkeypatch.setattr(TrainingRun, "_optimizer_step", original)
+    train_until_crash(config, 5)
     folder = ckpt.list_checkpoints(Path(config.output_dir))[-1]
     assert {"domain_loss.safetensors", "critic_optimizer.pt"} <= {p.name for p in folder.iterdir()}
     config.resume = True

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import preference_records, write_jsonl
+from conftest import preference_records, train_until_crash, write_jsonl
 from safetensors.torch import load_file
 
 from dial.config import load_config
@@ -77,17 +77,13 @@ def test_accumulation_gives_the_gradient_of_the_mean_loss(tmp_path: Path) -> Non
     run.cleanup()
 
 
-class Interrupted(Exception):
-    pass
-
-
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     weights = load_file(str(folder / "reward_head.safetensors"))
     weights.update(load_file(str(folder / "adapter_model.safetensors")))
     return weights
 
 
-def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path: Path, monkeypatch) -> None:
+def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(72))
     overrides = {
         "model.lora_r": 4,
@@ -102,19 +98,7 @@ def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path: Path, monkeypat
     uninterrupted = train(_config(tmp_path / "a", data, **overrides), log=lambda *_: None)
 
     config = _config(tmp_path / "b", data, **overrides)
-    original_step = TrainingRun._optimizer_step
-    calls = {"n": 0}
-
-    def crashing_step(self, window):
-        calls["n"] += 1
-        if calls["n"] == 10:  # in epoch 1, after the checkpoint of step 8
-            raise Interrupted
-        return original_step(self, window)
-
-    monkeypatch.setattr(TrainingRun, "_optimizer_step", crashing_step)
-    with pytest.raises(Interrupted):
-        train(config, log=lambda *_: None)
-    monkeypatch.setattr(TrainingRun, "_optimizer_step", original_step)
+    train_until_crash(config, 10)  # in epoch 1, after the checkpoint of step 8
     steps = [ckpt.load_state(p).global_step for p in ckpt.list_checkpoints(Path(config.output_dir))]
     assert steps == [4, 7, 8]  # every 4 steps and at the end of epoch 0 (7 steps)
     config.resume = True

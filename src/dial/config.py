@@ -58,6 +58,11 @@ class ModelConfig:
         choices=("left", "right"),
     )
     num_labels: int = _opt(1, "Outputs of the reward head (1 for a scalar reward).")
+    disable_dropout: bool = _opt(
+        True,
+        "Turn off the backbone's dropout while training (as reward-model trainers usually do; "
+        "it also lets attention use its fused kernel). LoRA dropout is lora_dropout.",
+    )
     use_lora: bool = _opt(True, "Train LoRA adapters plus the head (false: train the whole model).")
     lora_r: int = _opt(16, "LoRA rank.")
     lora_alpha: int = _opt(32, "LoRA alpha (scaling = alpha / r).")

@@ -12,6 +12,7 @@ Saved as a ``save_pretrained``-style folder::
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -23,9 +24,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 
@@ -206,8 +209,21 @@ def load_tokenizer(
     return tokenizer
 
 
+def _without_dropout(config: PretrainedConfig) -> PretrainedConfig:
+    """A copy of `config` with every dropout probability set to 0."""
+    config = copy.deepcopy(config)
+    for key, value in config.to_dict().items():
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+    return config
+
+
 def _load_backbone(
-    resolved: ResolvedModel, dtype: torch.dtype, lm_head: bool, trust_remote_code: bool
+    resolved: ResolvedModel,
+    dtype: torch.dtype,
+    lm_head: bool,
+    trust_remote_code: bool,
+    disable_dropout: bool = False,
 ) -> nn.Module:
     """The transformers model: the bare trunk, or the causal LM (trunk + LM head)."""
     if lm_head and resolved.architecture != "decoder":
@@ -215,11 +231,17 @@ def _load_backbone(
             f"an LM head needs a decoder; {resolved.name_or_path} is an {resolved.architecture}"
         )
     auto = AutoModelForCausalLM if lm_head else AutoModel
+    config = resolved.config or AutoConfig.from_pretrained(
+        resolved.name_or_path, trust_remote_code=trust_remote_code
+    )
+    if disable_dropout:
+        config = _without_dropout(config)
     if resolved.is_random_init:
-        backbone = auto.from_config(resolved.config, dtype=dtype)
+        backbone = auto.from_config(config, dtype=dtype)
     else:
         backbone = auto.from_pretrained(
             resolved.name_or_path,
+            config=config,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
