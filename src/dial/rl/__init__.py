@@ -1,0 +1,45 @@
+"""The RL stage (DESIGN.md §2): PPO against a reward model's scores."""
+
+from __future__ import annotations
+
+from dial.rl.ppo import (
+    KL_ESTIMATORS,
+    PPOConfig,
+    Sequences,
+    ValueModel,
+    build_sequences,
+    gae,
+    kl_penalized_rewards,
+    logprobs_from_logits,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    missing_eos_penalty,
+    policy_loss,
+    position_ids_from_mask,
+    ppo_update,
+    response_logits,
+    response_values,
+    value_loss,
+)
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "PPOConfig",
+    "Sequences",
+    "ValueModel",
+    "build_sequences",
+    "gae",
+    "kl_penalized_rewards",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "missing_eos_penalty",
+    "policy_loss",
+    "position_ids_from_mask",
+    "ppo_update",
+    "response_logits",
+    "response_values",
+    "value_loss",
+]
