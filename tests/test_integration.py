@@ -33,5 +33,5 @@ def test_minilm_source_only_on_hh_helpful_base_beats_chance(
     heldout = final["eval"]["heldout"]
     print(json.dumps(heldout))
     assert heldout["n"] == 469  # 20% of the 2346 usable pairs
-    # chance is 0.5 with a standard error of 0.023 on 469 pairs
-    assert heldout["accuracy"] >= 0.58
+    # chance is 0.5 with a standard error of 0.023 on 469 pairs; measured here: 0.595
+    assert heldout["accuracy"] >= 0.56
