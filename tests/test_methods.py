@@ -232,3 +232,24 @@ def test_target_eval_split_holds_target_records_out_of_training(tmp_path: Path) 
     trained = {tuple(map(tuple, e.input_ids)) for e in run.target_data.examples}
     assert not trained & {tuple(map(tuple, e.input_ids)) for e in heldout}
     run.cleanup()
+
+
+@pytest.mark.parametrize("method", ["dial", "oracle"])
+@pytest.mark.parametrize("task", ["score", "mcq"])
+def test_domain_methods_on_every_task(tmp_path: Path, task: str, method: str) -> None:
+    if task == "score":
+        records = [{"text": f"{w} review {i}", "label": float(w == "great")}
+                   for i, w in enumerate(["great", "poor"] * 12)]  # fmt: skip
+    else:
+        records = [{"prompt": "Which is a fruit?", "correct": f"apple {i}", "wrong_a": f"stone {i}",
+                    "wrong_b": f"chair {i}", "wrong_c": f"cloud {i}", "wrong_d": f"spoon {i}"}
+                   for i in range(24)]  # fmt: skip
+    source = write_jsonl(tmp_path / "s.jsonl", records)
+    target = write_jsonl(tmp_path / "t.jsonl", records[::-1])
+    config = _config(
+        tmp_path, method,
+        **{"data.task": task, "data.train_files": [str(source)],
+           "data.target_files": [str(target)], "train.max_steps": 2},
+    )  # fmt: skip
+    final = train(config, log=lambda *_: None)
+    assert final["global_step"] == 2 and "domain" in final["eval"]
