@@ -46,13 +46,21 @@ PREFERENCE_LOSSES = ("contrastive", "binary_cross_entropy")
 METRICS = ("multiclass_accuracy", "average_rank", "pearson", "spearman", "mcq_accuracy", "mcq_rank")
 MODEL_TYPES = ("sequence_classification", "gemma_dual", "causal_lm")
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "leaky_relu": "leaky_relu", "tanh": "tanh"}
+PREFIX = "release_"
 
 
 def add_release_flags(parser: argparse.ArgumentParser) -> None:
     """The release's flags, in a group of their own (they never clash with native options)."""
-    group = parser.add_argument_group(
+    flags = parser.add_argument_group(
         "flags of the paper's release (mapped onto the options above; see the README)"
     )
+
+    class _Group:  # every release flag's dest is prefixed, so none clashes with a native one
+        @staticmethod
+        def add_argument(name: str, **kwargs: Any) -> None:
+            flags.add_argument(name, dest=PREFIX + name.removeprefix("--"), **kwargs)
+
+    group = _Group()
     text = {"type": str, "default": argparse.SUPPRESS}
     files = {"nargs": "+", "default": argparse.SUPPRESS}
     integer = {"type": int, "default": argparse.SUPPRESS}
@@ -110,7 +118,12 @@ RELEASE_DESTS = (
 
 
 def release_flags_given(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k in RELEASE_DESTS}
+    """The release flags on the command line, by their names without dashes."""
+    return {
+        k.removeprefix(PREFIX): v
+        for k, v in vars(args).items()
+        if k.startswith(PREFIX) and k.removeprefix(PREFIX) in RELEASE_DESTS
+    }
 
 
 def _choice(flag: str, value: str, choices) -> str:
