@@ -96,3 +96,11 @@ def test_lora_trains_only_adapters_and_head() -> None:
     assert all("lora_" in n or n.startswith("head.") for n in trainable)
     wrapped = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable if "lora_" in n}
     assert wrapped == {"query", "key", "value", "dense"}
+
+
+def test_backbone_dropout_is_off_unless_asked() -> None:
+    off, _ = build_reward_model(ModelConfig(name="tiny-bert"))
+    on, _ = build_reward_model(ModelConfig(name="tiny-bert", disable_dropout=False))
+    assert off._base().config.attention_probs_dropout_prob == 0.0
+    assert off._base().config.hidden_dropout_prob == 0.0
+    assert on._base().config.attention_probs_dropout_prob > 0.0

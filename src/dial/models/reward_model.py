@@ -279,7 +279,13 @@ def build_reward_model(
         config.name, cache_dir=config.cache_dir, trust_remote_code=config.trust_remote_code
     )
     tokenizer = load_tokenizer(resolved.name_or_path, config.padding_side, config.trust_remote_code)
-    backbone = _load_backbone(resolved, DTYPES[config.precision], lm_head, config.trust_remote_code)
+    backbone = _load_backbone(
+        resolved,
+        DTYPES[config.precision],
+        lm_head,
+        config.trust_remote_code,
+        disable_dropout=config.disable_dropout,
+    )
     hidden_size = backbone.config.hidden_size
     lora = None
     if config.use_lora:
