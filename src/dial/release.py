@@ -106,24 +106,9 @@ def add_release_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adapter_path", help="eval: the trained model or checkpoint", **text)
 
 
-RELEASE_DESTS = (
-    "model_name", "seed", "precision", "num_labels", "dataset_type", "eval_dataset_type",
-    "file_type", "data_files", "target_data_files", "shuffle_target_dataset", "eval_data_files",
-    "dataset_config_path", "eval_dataset_config_path", "da_config_path", "root_dir",
-    "loss_type", "lora_r", "lora_alpha", "mode", "train_mode", "eval_mode", "batch_size",
-    "eval_batch_size", "max_length", "eval_max_length", "num_epochs", "learning_rate",
-    "metric_names", "accuracy_columns", "weight_decay", "source_sft", "target_ntp",
-    "model_type", "use_wandb", "gradient_accumulation_steps", "adapter_path",
-)  # fmt: skip
-
-
 def release_flags_given(args: argparse.Namespace) -> dict[str, Any]:
     """The release flags on the command line, by their names without dashes."""
-    return {
-        k.removeprefix(PREFIX): v
-        for k, v in vars(args).items()
-        if k.startswith(PREFIX) and k.removeprefix(PREFIX) in RELEASE_DESTS
-    }
+    return {k.removeprefix(PREFIX): v for k, v in vars(args).items() if k.startswith(PREFIX)}
 
 
 def _choice(flag: str, value: str, choices) -> str:

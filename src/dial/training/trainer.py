@@ -132,6 +132,7 @@ class TrainingRun:
         self.loss_fn = build_task_loss(
             config.data.task, score_loss=config.data.score_loss, margin=config.data.margin
         )
+        self.joint_domain_parameters = self._joint_domain_parameters()
         optimizer = self._build_optimizer(model)
         self.steps_per_epoch = math.ceil(
             self._pairs_per_rank() / config.train.gradient_accumulation_steps
@@ -181,7 +182,7 @@ class TrainingRun:
         train = self.config.train
         decay, no_decay = [], []
         named = list(model.named_parameters())
-        named += [(f"domain_loss.{i}", p) for i, p in enumerate(self._joint_domain_parameters())]
+        named += [(f"domain_loss.{i}", p) for i, p in enumerate(self.joint_domain_parameters)]
         for name, parameter in named:
             if parameter.requires_grad:
                 (no_decay if any(key in name for key in NO_DECAY) else decay).append(parameter)
@@ -457,7 +458,7 @@ class TrainingRun:
 
     def _apply_update(self) -> float:
         """Clip, step the optimizer and the schedule, clear the gradients; the gradient norm."""
-        average_gradients(self.accelerator, self._joint_domain_parameters())
+        average_gradients(self.accelerator, self.joint_domain_parameters)
         grad_norm = float("nan")
         if self.config.train.max_grad_norm is not None:
             grad_norm = float(
