@@ -8,6 +8,7 @@ import statistics
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModel, AutoModelForCausalLM
 
 from dial.models.registry import resolve_model
@@ -328,6 +329,43 @@ def test_ppo_update_without_a_step_is_consistent():
     assert stats["score"] == pytest.approx(2.0)
     assert stats["entropy"] == pytest.approx(math.log(config.vocab_size), abs=0.05)
     assert all(math.isfinite(value) for value in stats.values())
+
+
+def test_ppo_update_reference_from_disabled_adapters():
+    """ref_policy=None takes the peft policy with its adapters off as the reference."""
+    config = tiny_llama_config()
+    eos = config.eos_token_id
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config)
+    reference = copy.deepcopy(base).requires_grad_(False)
+    # random A and B (not the usual B = 0), so that the policy differs from its base model
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    lora.init_lora_weights = False
+    policy = get_peft_model(base, lora)
+    value_model = ValueModel(AutoModel.from_config(config))
+    optimizer = torch.optim.SGD([*policy.parameters(), *value_model.parameters()], lr=0.0)
+    queries = [torch.tensor([11, 12, 13]), torch.tensor([14])]
+    responses = [torch.tensor([21, 22, eos]), torch.tensor([22, 23, 24, 25])]
+    ppo = PPOConfig(ppo_epochs=1, mini_batch_size=2)
+
+    def update(ref_policy):
+        return ppo_update(
+            policy, value_model, ref_policy, optimizer, queries, responses,
+            torch.tensor([1.0, 3.0]), ppo, pad_token_id=eos, eos_token_id=eos,
+        )  # fmt: skip
+
+    from_adapters, from_copy = update(None), update(reference)
+
+    assert abs(from_copy["kl"]) > 0.01  # the adapters change the policy
+    assert from_adapters["kl"] == pytest.approx(from_copy["kl"], abs=1e-5)
+    ids = torch.tensor([[11, 12, 13, 21, 22]])
+    with torch.no_grad():  # the adapters are on again after the update
+        assert not torch.allclose(policy(input_ids=ids).logits, reference(input_ids=ids).logits)
+    with pytest.raises(ValueError, match="needs a peft policy"):
+        ppo_update(
+            reference, value_model, None, optimizer, queries, responses,
+            torch.tensor([1.0, 3.0]), ppo, pad_token_id=eos, eos_token_id=eos,
+        )  # fmt: skip
 
 
 def test_ppo_raises_the_reward_of_a_fixed_reward_function():

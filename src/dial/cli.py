@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dial import __version__
-from dial.config import iter_options
-from dial.errors import ConfigError, DialError
+from dial.config import add_config_options, given_options, iter_options
+from dial.errors import ConfigError, DialError, RunAborted
 from dial.release import add_release_flags, eval_arguments, release_flags_given, train_overrides
 
 
@@ -32,24 +32,7 @@ def _train_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--config", help="YAML run config", default=None)
-    for key, field in iter_options():
-        help_text = field.metadata.get("help", "")
-        choices = field.metadata.get("choices")
-        if choices:
-            help_text += f" Choices: {', '.join(choices)}."
-        default = field.default_factory() if callable(field.default_factory) else field.default
-        help_text += f" (default: {default})"
-        is_bool = field.type in ("bool", bool)
-        parser.add_argument(
-            f"--{key}",
-            dest=key,
-            default=argparse.SUPPRESS,
-            nargs="?" if is_bool else None,
-            const="true" if is_bool else None,
-            metavar="BOOL" if is_bool else key.rpartition(".")[2].upper(),
-            help=help_text,
-        )
+    add_config_options(parser)
     add_release_flags(parser)
     parser.set_defaults(handler=_run_train)
 
@@ -60,9 +43,8 @@ def _run_train(args: argparse.Namespace) -> int:
     release = release_flags_given(args)
     if release.get("mode") == "eval":
         return _run_eval(_release_eval_namespace(args, release))
-    keys = {key for key, _ in iter_options()}
     overrides = train_overrides(release) if release else {}
-    overrides.update({k: v for k, v in vars(args).items() if k in keys})
+    overrides.update(given_options(args))
     config = load_config(args.config, overrides)  # before the slow imports: bad options fail fast
     if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
         raise ConfigError(f"output_dir {config.output_dir} is a file, not a run folder")
@@ -271,6 +253,80 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_arguments(convert)
     convert.set_defaults(handler=run_convert)
+    from dial.data.tools.cli import add_data_tool_parsers
+
+    add_data_tool_parsers(data_commands)
+
+    baseline = subparsers.add_parser(
+        "baseline-judge",
+        help="prompting baselines: an LLM judges the evaluation data (same metrics as eval)",
+        allow_abbrev=False,
+    )
+    from dial.judge.baselines import add_baseline_judge_arguments, run_baseline_judge
+
+    add_baseline_judge_arguments(baseline)
+    baseline.set_defaults(handler=run_baseline_judge)
+
+    rl = subparsers.add_parser(
+        "rl",
+        help="RLHF: PPO against a reward model retrained on the policy's samples (DIAL)",
+        description=(
+            "Train a reward model, then G generations of: sample a response per prompt, judge "
+            "it, retrain the reward model with the samples as target (--reward_da), PPO."
+        ),
+        allow_abbrev=False,
+    )
+    from dial.rl.cli import add_rl_arguments
+
+    add_rl_arguments(rl)
+
+    from dial.rl.evaluate import add_rl_eval_arguments, run_rl_eval
+    from dial.rl.generation import add_generate_arguments, run_generate
+
+    generate = subparsers.add_parser(
+        "generate",
+        help="batch inference with a model's chat template (and a LoRA adapter), to JSONL",
+        description=(
+            "Answer every record's prompt through the model's chat template and write the "
+            "records with their responses as JSONL, a batch at a time; a rerun resumes."
+        ),
+        allow_abbrev=False,
+    )
+    add_generate_arguments(generate)
+    generate.set_defaults(handler=run_generate)
+    rl_eval = subparsers.add_parser(
+        "rl-eval",
+        help="a policy's greedy answers to held-out prompts, judged: comply/refuse accuracy",
+        description=(
+            "Answer each held-out prompt greedily, judge each answer complied or refused, and "
+            "report the accuracy against the prompt's correct action: overall, on safe prompts "
+            "(comply) and on unsafe ones (refuse)."
+        ),
+        allow_abbrev=False,
+    )
+    add_rl_eval_arguments(rl_eval)
+    rl_eval.set_defaults(handler=run_rl_eval)
+
+    from dial.experiments.report import add_report_arguments, run_report
+    from dial.experiments.runner import add_experiment_arguments, run_experiment
+
+    experiment = subparsers.add_parser(
+        "experiment",
+        help="a suite's settings x methods x seeds: resumable runs, results tables, report",
+        description=(
+            "Build the suite's data, train one run per (setting, method, seed) (finished runs "
+            "are skipped, killed ones resume), analyse their checkpoints, and write "
+            "results.csv, results.md and report.html."
+        ),
+        allow_abbrev=False,
+    )
+    add_experiment_arguments(experiment)
+    experiment.set_defaults(handler=run_experiment)
+    report = subparsers.add_parser(
+        "report", help="rebuild an experiment's results.* and report.html from its run folders"
+    )
+    add_report_arguments(report)
+    report.set_defaults(handler=run_report)
 
     models = subparsers.add_parser("models", help="list the registered offline models")
     models.set_defaults(handler=_run_models)
@@ -308,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DialError as exc:
         _report(command, exc)
         return 2
-    except FloatingPointError as exc:
+    except (FloatingPointError, RunAborted) as exc:
         _report(command, exc)
         return 1
 

@@ -13,6 +13,7 @@ for top-level fields); values are parsed as YAML scalars or lists (``--data.trai
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import difflib
@@ -22,65 +23,98 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from dial.errors import ConfigError
 
 
-def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+def option(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with a help text (shown by ``dial train --help``)."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+C = TypeVar("C")
+
+# A config class's LIMITS: numeric options whose values outside these bounds would fail deep
+# inside training, as field name -> (check, what the value must be).
+Limits = dict[str, tuple[Callable[[Any], bool], str]]
+
+
+def at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"at least {low}"
+
+
+def above(low: float, note: str = "") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v > low), f"above {low}{note}"
+
+
+def below_one(note: str = "") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: 0 <= v < 1), f"at least 0 and below 1{note}"
+
+
 @dataclass
 class ModelConfig:
     """The reward model: backbone, pooling, head and adapters."""
 
-    name: str = _opt(
+    LIMITS: ClassVar[Limits] = {
+        "num_labels": at_least(1),
+        "lora_r": at_least(1),
+        "lora_alpha": at_least(1),
+        "lora_dropout": below_one(),
+    }
+
+    name: str = option(
         "minilm",
         "Backbone: a short name from `dial models` (minilm, smollm2-135m, tiny-bert, tiny-llama), "
         "a local folder or a Hugging Face hub id.",
     )
-    pooling: str = _opt(
+    pooling: str = option(
         "auto",
         "How a sequence becomes one embedding: 'last' (last non-pad token), 'cls', 'mean' "
         "(masked mean), or 'auto' (decoders: last, encoders: mean).",
         choices=("auto", "last", "cls", "mean"),
     )
-    padding_side: str = _opt(
+    padding_side: str = option(
         "right",
         "Padding side for batches ('left' or 'right'); pooling finds the last real token "
         "either way.",
         choices=("left", "right"),
     )
-    num_labels: int = _opt(1, "Outputs of the reward head (1 for a scalar reward).")
-    disable_dropout: bool = _opt(
+    num_labels: int = option(1, "Outputs of the reward head (1 for a scalar reward).")
+    init_from: str | None = option(
+        None,
+        "A dial reward-model folder (a run's final/ or a checkpoint's model/) whose trained "
+        "weights start this run: head, LoRA adapter or full weights; null: a fresh head.",
+    )
+    disable_dropout: bool = option(
         True,
         "Turn off the backbone's dropout while training (as reward-model trainers usually do; "
         "it also lets attention use its fused kernel). LoRA dropout is lora_dropout.",
     )
-    use_lora: bool = _opt(True, "Train LoRA adapters plus the head (false: train the whole model).")
-    lora_r: int = _opt(16, "LoRA rank.")
-    lora_alpha: int = _opt(32, "LoRA alpha (scaling = alpha / r).")
-    lora_dropout: float = _opt(0.05, "Dropout on the LoRA branch.")
-    lora_target_modules: list[str] | None = _opt(
+    use_lora: bool = option(
+        True, "Train LoRA adapters plus the head (false: train the whole model)."
+    )
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA branch.")
+    lora_target_modules: list[str] | None = option(
         None,
         "Module names LoRA wraps; empty means the architecture's default (all attention and MLP "
         "projections).",
     )
-    precision: str = _opt(
+    precision: str = option(
         "float32",
         "Weights' dtype: float32, bfloat16 or float16 (the head stays float32).",
         choices=("float32", "bfloat16", "float16"),
     )
-    trust_remote_code: bool = _opt(
+    trust_remote_code: bool = option(
         False, "Allow a hub model's own Python code to run (off unless you trust the repository)."
     )
-    cache_dir: str | None = _opt(
+    cache_dir: str | None = option(
         None, "Where converted offline weights are cached (default $DIAL_CACHE or ~/.cache/dial)."
     )
 
@@ -89,79 +123,114 @@ class ModelConfig:
 class DataConfig:
     """What to train and evaluate on."""
 
-    task: str = _opt(
+    LIMITS: ClassVar[Limits] = {
+        "eval_split": below_one(" (0: no held-out set)"),
+        "target_eval_split": below_one(" (0: no held-out set)"),
+        "target_batch_size": at_least(1),
+    }
+
+    task: str = option(
         "preference",
         "preference (Bradley-Terry on chosen/rejected pairs), mcq (one correct among several), "
         "or score (regression/classification of a label column).",
         choices=("preference", "mcq", "score"),
     )
-    train_files: list[str] = _opt(
+    train_files: list[str] = option(
         [], "Source training files (JSON, JSONL, CSV, Parquet or hub id)."
     )
-    eval_files: list[str] = _opt([], "Evaluation files; each is reported under its file name.")
-    dataset_config: str | None = _opt(
+    eval_files: list[str] = option([], "Evaluation files; each is reported under its file name.")
+    dataset_config: str | None = option(
         None,
         "A dataset-config JSON (the release's configs/pref.json, mcq.json, seq_pred.json) naming "
         "the columns; default: the task's standard columns.",
     )
-    file_type: str | None = _opt(None, "json, csv or parquet; default: from each file's suffix.")
-    eval_split: float = _opt(
+    file_type: str | None = option(None, "json, csv or parquet; default: from each file's suffix.")
+    eval_split: float = option(
         0.0,
         "Hold out this fraction of the training records (seeded) as an evaluation set "
         "named 'heldout'.",
     )
-    max_length: int = _opt(
+    max_length: int = option(
         512, "Tokens per sequence; longer texts lose the start of the prompt first."
     )
-    eval_max_length: int | None = _opt(
+    eval_max_length: int | None = option(
         None, "Tokens per sequence at evaluation (default max_length)."
     )
-    group_by_length: bool = _opt(
+    group_by_length: bool = option(
         True, "Batch texts of similar length together (less padding, faster)."
     )
-    target_files: list[str] = _opt(
+    target_files: list[str] = option(
         [],
         "Target-domain training files: their texts for dial and target_ntp, texts and labels "
         "for oracle; with source_only only the domain metrics use them.",
     )
-    target_eval_split: float = _opt(
+    target_eval_split: float = option(
         0.0,
         "Hold out this fraction of the target records (seeded, never trained on) as an "
         "evaluation set named 'target_heldout'; needs the target's labels.",
     )
-    target_batch_size: int | None = _opt(
+    target_batch_size: int | None = option(
         None, "Target examples per micro-batch (default: train.batch_size)."
     )
-    pairing: str = _opt(
+    pairing: str = option(
         "truncate",
         "How source and target batches pair up: truncate (an epoch ends with the smaller "
         "side) or wrap (an epoch covers the larger side; the smaller one cycles, reshuffled).",
         choices=("truncate", "wrap"),
     )
-    shuffle_target: bool = _opt(True, "Re-permute the target every epoch.")
-    eval_task: str | None = _opt(
+    target_text_columns: list[str] = option(
+        [],
+        "Columns of unlabeled target files as [prompt, response, ...]: each record gives a "
+        "prompt and its responses, any number (e.g. [prompt, response] for a policy's "
+        "samples); empty: the task's target columns. Not for oracle, which needs labels.",
+    )
+    shuffle_target: bool = option(True, "Re-permute the target every epoch.")
+    eval_task: str | None = option(
         None,
         "Task of the eval_files' metrics (default: task), e.g. preference pairs for a model "
         "trained on scores.",
         choices=("preference", "mcq", "score"),
     )
-    eval_dataset_config: str | None = _opt(
+    eval_dataset_config: str | None = option(
         None, "Dataset config of the eval_files (default: dataset_config)."
     )
-    score_loss: str = _opt(
+    score_loss: str = option(
         "mse",
         "Loss for the score task: mse, bce (labels in [0, 1]) or cross_entropy "
         "(integer classes; needs model.num_labels classes).",
         choices=("mse", "bce", "cross_entropy"),
     )
-    margin: float = _opt(0.0, "Bradley-Terry margin m in -log σ(r⁺ − r⁻ − m).")
+    margin: float = option(0.0, "Bradley-Terry margin m in -log σ(r⁺ − r⁻ − m).")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, evaluation and checkpoint schedule."""
 
-    method: str = _opt(
+    LIMITS: ClassVar[Limits] = {
+        "batch_size": at_least(1),
+        "eval_batch_size": at_least(1),
+        "gradient_accumulation_steps": at_least(1),
+        "learning_rate": above(0),
+        "weight_decay": at_least(0),
+        "adam_beta1": below_one(),
+        "adam_beta2": below_one(),
+        "adam_epsilon": at_least(0),
+        "warmup_steps": at_least(0),
+        "warmup_ratio": ((lambda v: 0 <= v <= 1), "between 0 and 1"),
+        "max_grad_norm": above(0, " (null: no clipping)"),
+        "num_epochs": at_least(1),
+        "max_steps": at_least(1),
+        "eval_steps": at_least(1),
+        "save_steps": at_least(1),
+        "save_total_limit": at_least(1),
+        "logging_steps": at_least(1),
+        "seed": at_least(0),
+        "aux_weight": at_least(0),
+        "collective_timeout_s": at_least(1),
+    }
+
+    method: str = option(
         "source_only",
         "source_only (task loss on source), dial (+ λ·domain loss aligning source and target "
         "embeddings), oracle (+ task loss on the labelled target), source_sft (+ next-token "
@@ -169,79 +238,100 @@ class TrainConfig:
         "texts). source_sft and target_ntp need a decoder.",
         choices=("source_only", "dial", "oracle", "source_sft", "target_ntp"),
     )
-    aux_weight: float = _opt(1.0, "Weight of the next-token loss of source_sft and target_ntp.")
-    batch_size: int = _opt(8, "Pairs (or examples) per micro-batch.")
-    eval_batch_size: int = _opt(32, "Pairs (or examples) per evaluation batch.")
-    gradient_accumulation_steps: int = _opt(
+    aux_weight: float = option(1.0, "Weight of the next-token loss of source_sft and target_ntp.")
+    batch_size: int = option(8, "Pairs (or examples) per micro-batch.")
+    eval_batch_size: int = option(32, "Pairs (or examples) per evaluation batch.")
+    gradient_accumulation_steps: int = option(
         1, "Micro-batches per optimizer step; the loss is averaged over all their pairs."
     )
-    learning_rate: float = _opt(1e-4, "Peak learning rate of AdamW.")
-    weight_decay: float = _opt(0.0, "AdamW weight decay (not applied to biases and norms).")
-    adam_beta1: float = _opt(0.9, "AdamW beta1.")
-    adam_beta2: float = _opt(0.999, "AdamW beta2.")
-    adam_epsilon: float = _opt(1e-8, "AdamW epsilon.")
-    lr_scheduler: str = _opt(
+    learning_rate: float = option(1e-4, "Peak learning rate of AdamW.")
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and norms).")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon.")
+    lr_scheduler: str = option(
         "linear",
         "Learning-rate schedule after warm-up: constant, linear (to 0) or cosine (to 0).",
         choices=("constant", "linear", "cosine"),
     )
-    warmup_steps: int = _opt(0, "Linear warm-up steps (overrides warmup_ratio when > 0).")
-    warmup_ratio: float = _opt(0.0, "Warm-up as a fraction of all optimizer steps.")
-    max_grad_norm: float | None = _opt(1.0, "Clip the gradient norm to this (null: no clipping).")
-    num_epochs: int = _opt(1, "Passes over the training data.")
-    max_steps: int | None = _opt(
+    warmup_steps: int = option(0, "Linear warm-up steps (overrides warmup_ratio when > 0).")
+    warmup_ratio: float = option(0.0, "Warm-up as a fraction of all optimizer steps.")
+    max_grad_norm: float | None = option(1.0, "Clip the gradient norm to this (null: no clipping).")
+    num_epochs: int = option(1, "Passes over the training data.")
+    max_steps: int | None = option(
         None, "Stop after this many optimizer steps (overrides num_epochs)."
     )
-    eval_steps: int | None = _opt(
+    eval_steps: int | None = option(
         None, "Evaluate every N optimizer steps (besides the end of every epoch)."
     )
-    save_steps: int | None = _opt(
+    save_steps: int | None = option(
         None, "Checkpoint every N optimizer steps (besides the end of every epoch)."
     )
-    save_total_limit: int | None = _opt(
+    save_total_limit: int | None = option(
         None, "Keep only the newest N checkpoints (null: keep all)."
     )
-    logging_steps: int = _opt(10, "Write training loss and throughput every N optimizer steps.")
-    seed: int = _opt(0, "Seed of everything random: init, data order, dropout.")
-    report_to: list[str] = _opt(
+    logging_steps: int = option(10, "Write training loss and throughput every N optimizer steps.")
+    seed: int = option(0, "Seed of everything random: init, data order, dropout.")
+    report_to: list[str] = option(
         ["tensorboard"], "Loggers besides metrics.jsonl: tensorboard, wandb, or [] for none."
     )
-    progress_bar: bool = _opt(True, "Show a live progress bar.")
+    progress_bar: bool = option(True, "Show a live progress bar.")
+    collective_timeout_s: int = option(
+        1800,
+        "With several processes: seconds a process waits for the others at a collective "
+        "operation before it stops with an error (a rank that died or hangs); must exceed the "
+        "longest evaluation, which the main process runs while the others wait.",
+    )
 
 
 @dataclass
 class DomainConfig:
     """The domain loss of method dial (the paper's WDGRL by default, its settings the paper's)."""
 
-    loss: str = _opt(
+    LIMITS: ClassVar[Limits] = {
+        "weight": at_least(0),
+        "ramp_steps": at_least(1),
+        "gamma": at_least(0),
+        "critic_iter": at_least(1),
+        "critic_dropout": below_one(),
+        "critic_lr": above(0),
+        "critic_weight_decay": at_least(0),
+        "dann_alpha": at_least(0),
+        "mmd_kernel_num": at_least(1),
+        "mmd_kernel_mul": above(0),
+        "mmd_bandwidth": above(0, " (null: from the data)"),
+        "eval_samples": at_least(4),
+    }
+
+    loss: str = option(
         "wdgrl",
         "wdgrl (Wasserstein critic with gradient penalty), dann (gradient reversal + domain "
         "classifier), mmd (multi-kernel Gaussian), coral (covariance alignment).",
         choices=("wdgrl", "dann", "mmd", "coral"),
     )
-    weight: float = _opt(0.01, "λ: the domain loss's weight in task loss + λ·domain loss.")
-    weight_schedule: str = _opt(
+    weight: float = option(0.01, "λ: the domain loss's weight in task loss + λ·domain loss.")
+    weight_schedule: str = option(
         "constant",
         "λ over training: constant, linear (0 to λ over ramp_steps), dann (2/(1+e^(-10p)) - 1).",
         choices=("constant", "linear", "dann"),
     )
-    ramp_steps: int | None = _opt(None, "Steps of the linear λ ramp (default: all steps).")
-    gamma: float = _opt(1.0, "WDGRL: weight γ of the critic's gradient penalty.")
-    critic_iter: int = _opt(3, "WDGRL: critic updates per training batch.")
-    critic_widths: list[int] = _opt([256, 128], "Hidden widths of the critic / classifier MLP.")
-    critic_activation: str = _opt(
+    ramp_steps: int | None = option(None, "Steps of the linear λ ramp (default: all steps).")
+    gamma: float = option(1.0, "WDGRL: weight γ of the critic's gradient penalty.")
+    critic_iter: int = option(3, "WDGRL: critic updates per training batch.")
+    critic_widths: list[int] = option([256, 128], "Hidden widths of the critic / classifier MLP.")
+    critic_activation: str = option(
         "gelu", "Critic activation.", choices=("gelu", "relu", "leaky_relu", "tanh")
     )
-    critic_dropout: float = _opt(0.0, "Critic dropout.")
-    critic_lr: float = _opt(1e-4, "WDGRL: the critic's Adam learning rate.")
-    critic_weight_decay: float = _opt(1e-3, "WDGRL: the critic's Adam weight decay.")
-    dann_alpha: float = _opt(1.0, "DANN: gradient reversal coefficient.")
-    mmd_kernel_num: int = _opt(5, "MMD: number of Gaussian kernels.")
-    mmd_kernel_mul: float = _opt(2.0, "MMD: ratio between consecutive kernel bandwidths.")
-    mmd_bandwidth: float | None = _opt(
+    critic_dropout: float = option(0.0, "Critic dropout.")
+    critic_lr: float = option(1e-4, "WDGRL: the critic's Adam learning rate.")
+    critic_weight_decay: float = option(1e-3, "WDGRL: the critic's Adam weight decay.")
+    dann_alpha: float = option(1.0, "DANN: gradient reversal coefficient.")
+    mmd_kernel_num: int = option(5, "MMD: number of Gaussian kernels.")
+    mmd_kernel_mul: float = option(2.0, "MMD: ratio between consecutive kernel bandwidths.")
+    mmd_bandwidth: float | None = option(
         None, "MMD: the base bandwidth (null: the mean squared distance of each batch)."
     )
-    eval_samples: int = _opt(
+    eval_samples: int = option(
         256,
         "Examples of each domain whose embeddings feed the domain metrics at evaluation "
         "(a fresh domain classifier's accuracy, the critic's Ŵ).",
@@ -252,8 +342,8 @@ class DomainConfig:
 class RunConfig:
     """A whole training run."""
 
-    output_dir: str = _opt("runs/dial", "Run folder: config, metrics, checkpoints, final model.")
-    resume: bool = _opt(False, "Continue from the newest complete checkpoint in output_dir.")
+    output_dir: str = option("runs/dial", "Run folder: config, metrics, checkpoints, final model.")
+    resume: bool = option(False, "Continue from the newest complete checkpoint in output_dir.")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -264,14 +354,6 @@ class RunConfig:
 
     def save_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-    "domain": DomainConfig,
-}
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -314,94 +396,56 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v >= low), f"at least {low}"
-
-
-def _below_one(note: str = "") -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: 0 <= v < 1), f"at least 0 and below 1{note}"
-
-
-# Numeric options whose values outside these limits would fail deep inside training.
-_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model.num_labels": _at_least(1),
-    "model.lora_r": _at_least(1),
-    "model.lora_alpha": _at_least(1),
-    "model.lora_dropout": _below_one(),
-    "data.eval_split": _below_one(" (0: no held-out set)"),
-    "data.target_eval_split": _below_one(" (0: no held-out set)"),
-    "train.batch_size": _at_least(1),
-    "train.eval_batch_size": _at_least(1),
-    "train.gradient_accumulation_steps": _at_least(1),
-    "train.learning_rate": ((lambda v: v > 0), "above 0"),
-    "train.weight_decay": _at_least(0),
-    "train.adam_beta1": _below_one(),
-    "train.adam_beta2": _below_one(),
-    "train.adam_epsilon": _at_least(0),
-    "train.warmup_steps": _at_least(0),
-    "train.warmup_ratio": ((lambda v: 0 <= v <= 1), "between 0 and 1"),
-    "train.max_grad_norm": ((lambda v: v > 0), "above 0 (null: no clipping)"),
-    "train.num_epochs": _at_least(1),
-    "train.max_steps": _at_least(1),
-    "train.eval_steps": _at_least(1),
-    "train.save_steps": _at_least(1),
-    "train.save_total_limit": _at_least(1),
-    "train.logging_steps": _at_least(1),
-    "train.seed": _at_least(0),
-    "train.aux_weight": _at_least(0),
-    "data.target_batch_size": _at_least(1),
-    "domain.weight": _at_least(0),
-    "domain.ramp_steps": _at_least(1),
-    "domain.gamma": _at_least(0),
-    "domain.critic_iter": _at_least(1),
-    "domain.critic_dropout": _below_one(),
-    "domain.critic_lr": ((lambda v: v > 0), "above 0"),
-    "domain.critic_weight_decay": _at_least(0),
-    "domain.dann_alpha": _at_least(0),
-    "domain.mmd_kernel_num": _at_least(1),
-    "domain.mmd_kernel_mul": ((lambda v: v > 0), "above 0"),
-    "domain.mmd_bandwidth": ((lambda v: v > 0), "above 0 (null: from the data)"),
-    "domain.eval_samples": _at_least(4),
-}
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in values if k not in fields]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, list(fields), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown option '{where}{key}'{hint}; valid: {', '.join(fields)}")
+    limits: Limits = getattr(cls, "LIMITS", {})
     kwargs = {}
     for name, value in values.items():
         annotation = hints[name]
-        if name in SECTIONS and where == "":
+        if _is_section(annotation):
             if not isinstance(value, dict):
-                raise ConfigError(f"'{name}' must be a mapping of options")
-            kwargs[name] = _build(SECTIONS[name], value, f"{name}.")
+                raise ConfigError(f"'{where}{name}' must be a mapping of options")
+            kwargs[name] = _build(annotation, value, f"{where}{name}.")
             continue
         coerced = _check_type(value, annotation, f"{where}{name}")
         choices = fields[name].metadata.get("choices")
         if choices and coerced is not None and coerced not in choices:
             raise ConfigError(f"{where}{name}: {coerced!r} is not one of {', '.join(choices)}")
-        limit = _LIMITS.get(f"{where}{name}")
+        limit = limits.get(name)
         if limit is not None and coerced is not None and not limit[0](coerced):
             raise ConfigError(f"{where}{name}: must be {limit[1]}, got {coerced!r}")
         kwargs[name] = coerced
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from exc
 
 
-def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    """Build and validate a RunConfig from nested plain values."""
-    return _build(RunConfig, values, "")
+def config_from_dict(values: dict[str, Any], cls: type[C] = RunConfig) -> C:  # type: ignore[assignment]
+    """Build and validate a config (by default a RunConfig) from nested plain values."""
+    return _build(cls, values, "")
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    cls: type[C] = RunConfig,  # type: ignore[assignment]
+) -> C:
     """Read a YAML config (or start from defaults) and apply ``section.field -> value`` overrides.
 
-    Override values are YAML scalars or lists as typed on the command line.
+    Override values are YAML scalars or lists as typed on the command line; keys name nested
+    sections with dots (``reward.train.learning_rate``).
     """
     values: dict[str, Any] = {}
     if path is not None:
@@ -420,21 +464,72 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of options")
         values = loaded or {}
+    sections = {key for key, _ in _sections(cls)}
     for key, raw in (overrides or {}).items():
         value = yaml.safe_load(raw) if isinstance(raw, str) else raw
         section, _, name = key.rpartition(".")
-        if section:
-            if section not in SECTIONS:
-                raise ConfigError(f"unknown section '{section}' in --{key}")
-            values.setdefault(section, {})[name] = value
-        else:
-            values[name] = value
-    return config_from_dict(values)
+        if section and section not in sections:
+            raise ConfigError(f"unknown section '{section}' in --{key}")
+        target = values
+        for part in section.split(".") if section else []:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"'{section}' must be a mapping of options")
+        target[name] = value
+    return config_from_dict(values, cls)
 
 
-def iter_options() -> list[tuple[str, dataclasses.Field]]:
-    """All overridable options as (``section.field`` or ``field``, Field), for the CLI."""
-    options = [(f.name, f) for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS]
-    for section, cls in SECTIONS.items():
-        options += [(f"{section}.{f.name}", f) for f in dataclasses.fields(cls)]
+def _sections(cls: type, prefix: str = "") -> list[tuple[str, type]]:
+    """The nested sections of a config class as (dotted name, class), depth first."""
+    found = []
+    for name, annotation in typing.get_type_hints(cls).items():
+        if _is_section(annotation):
+            found.append((prefix + name, annotation))
+            found += _sections(annotation, f"{prefix}{name}.")
+    return found
+
+
+def iter_options(cls: type = RunConfig) -> list[tuple[str, dataclasses.Field]]:
+    """All overridable options as (dotted key, Field), for the CLI."""
+    hints = typing.get_type_hints(cls)
+    options = [(f.name, f) for f in dataclasses.fields(cls) if not _is_section(hints[f.name])]
+    for section, section_cls in _sections(cls):
+        section_hints = typing.get_type_hints(section_cls)
+        options += [
+            (f"{section}.{f.name}", f)
+            for f in dataclasses.fields(section_cls)
+            if not _is_section(section_hints[f.name])
+        ]
     return options
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type = RunConfig) -> None:
+    """``--config FILE`` and a ``--key value`` option (with its help) for every field of `cls`.
+
+    Options left out of the command line stay out of the parsed namespace (see
+    :func:`given_options`), so a YAML file's values hold unless overridden.
+    """
+    parser.add_argument("--config", help="YAML config file", default=None)
+    for key, option_field in iter_options(cls):
+        help_text = option_field.metadata.get("help", "")
+        choices = option_field.metadata.get("choices")
+        if choices:
+            help_text += f" Choices: {', '.join(choices)}."
+        factory = option_field.default_factory
+        default = factory() if callable(factory) else option_field.default
+        is_bool = option_field.type in ("bool", bool)
+        parser.add_argument(
+            f"--{key}",
+            dest=key,
+            default=argparse.SUPPRESS,
+            nargs="?" if is_bool else None,
+            const="true" if is_bool else None,
+            metavar="BOOL" if is_bool else key.rpartition(".")[2].upper(),
+            help=f"{help_text} (default: {default})",
+        )
+
+
+def given_options(args: argparse.Namespace, cls: type = RunConfig) -> dict[str, Any]:
+    """The ``key -> value`` overrides given on the command line for the fields of `cls`."""
+    keys = {key for key, _ in iter_options(cls)}
+    return {key: value for key, value in vars(args).items() if key in keys}

@@ -35,3 +35,8 @@ class DataError(DialError):
 
 class ConfigError(DialError):
     """A bad configuration value or an unknown option."""
+
+
+class RunAborted(Exception):
+    """A run that cannot go on through no fault of its input (another process died or stopped
+    answering): the CLI prints the message as one line and exits with code 1."""

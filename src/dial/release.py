@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dial.config import config_from_dict
 from dial.errors import ConfigError
 
 # train_mode -> (task, method); "baseline" picks its method from --source_sft / --target_ntp.
@@ -256,11 +257,16 @@ def domain_overrides(path: str | Path) -> dict[str, Any]:
     """The ``domain.*`` overrides a release domain-adaptation config asks for."""
     file = str(path)
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"domain config {file} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"domain config {file} is not valid JSON ({exc.msg})") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read domain config {file} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"domain config {file} is not UTF-8 text ({exc.reason})") from exc
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        reason = getattr(exc, "msg", exc)
+        raise ConfigError(f"domain config {file} is not valid JSON ({reason})") from exc
     raw = _keys(raw, _DA_TOP, file, "")
     kind = raw.get("da_type", "wdgrl")
     if kind not in ("wdgrl", "dann", "mmd", "coral"):
@@ -304,7 +310,7 @@ def domain_overrides(path: str | Path) -> dict[str, Any]:
     if "act_function" in net:
         out["domain.critic_activation"] = _choice("act_function", net["act_function"], ACTIVATIONS)
     if "dropout" in net:
-        out["domain.critic_dropout"] = float(net["dropout"] or 0.0)
+        out["domain.critic_dropout"] = net["dropout"] or 0.0  # null: none, as in the release
     spec = _keys(raw.get("da_spec_config", {}), _DA_SPEC, file, "da_spec_config")
     for method, values in spec.items():
         values = _keys(values, _DA_SPEC[method], file, f"da_spec_config.{method}")
@@ -315,6 +321,10 @@ def domain_overrides(path: str | Path) -> dict[str, Any]:
             if target is None:
                 raise ConfigError(f"domain config {file}: {method}.{key} is not supported")
             out[target] = value
+    try:  # the values' types and ranges, checked here to name the file
+        config_from_dict({"domain": {k.removeprefix("domain."): v for k, v in out.items()}})
+    except ConfigError as exc:
+        raise ConfigError(f"domain config {file}: {exc}") from exc
     return out
 
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import torch
 
 from dial.config import DataConfig
-from dial.data.records import Example, LoadReport, load_column_config, load_examples
+from dial.data.records import (
+    ColumnConfig,
+    Example,
+    LoadReport,
+    load_column_config,
+    load_examples,
+)
 from dial.data.tokenize import EncodedData, SequenceFormat, encode_examples
 from dial.errors import DataError
 
@@ -50,6 +56,27 @@ def split_heldout(
     return [examples[i] for i in kept], [examples[i] for i in heldout]
 
 
+def check_score_labels(
+    examples: list[Example], file: str, score_loss: str, num_labels: int
+) -> None:
+    """Labels the score loss can learn: bce targets in [0, 1], cross_entropy class indices in
+    ``0..num_labels - 1``; mse takes any finite number. Raises a DataError naming the record."""
+    for index, example in enumerate(examples):
+        label = example.label
+        if label is None:
+            continue
+        if score_loss == "bce" and not 0.0 <= label <= 1.0:
+            message = f"label {label} is outside [0, 1], which the bce score loss needs"
+        elif score_loss == "cross_entropy" and not (label.is_integer() and 0 <= label < num_labels):
+            message = (
+                f"label {label} is not a class index in 0..{num_labels - 1} "
+                "(set model.num_labels to the number of classes)"
+            )
+        else:
+            continue
+        raise DataError(message, file=file, record=index, field="label")
+
+
 def load_task_files(
     files: list[str],
     config: DataConfig,
@@ -58,10 +85,15 @@ def load_task_files(
     require_labels: bool = True,
     task: str | None = None,
     dataset_config: str | None = None,
+    columns: ColumnConfig | None = None,
+    num_labels: int = 1,
 ) -> tuple[list[Example], list[LoadReport]]:
-    """Read and validate several files of one domain (of the run's task unless `task`)."""
+    """Read and validate several files of one domain (of the run's task unless `task`; with the
+    dataset config's columns unless `columns`); score labels must suit ``config.score_loss``
+    with `num_labels` classes."""
     task = task or config.task
-    columns = load_column_config(dataset_config or config.dataset_config, task)
+    if columns is None:
+        columns = load_column_config(dataset_config or config.dataset_config, task)
     examples: list[Example] = []
     reports = []
     for path in files:
@@ -73,6 +105,8 @@ def load_task_files(
             domain=domain,
             require_labels=require_labels,
         )
+        if task == "score" and require_labels:
+            check_score_labels(loaded, str(path), config.score_loss, num_labels)
         examples += loaded
         reports.append(report)
     return examples, reports
@@ -103,16 +137,18 @@ def prepare_run_data(
     seed: int,
     *,
     target_labels: bool = False,
+    num_labels: int = 1,
 ) -> RunData:
     """Load, validate, split and tokenise the training, target and evaluation files of a run.
 
     Args:
         target_labels: the method trains on the target's labels (``oracle``); otherwise the
             target files need only their texts.
+        num_labels: outputs of the reward head: the classes of a cross_entropy score task.
     """
     if not config.train_files:
         raise DataError("no training files given (data.train_files)")
-    examples, reports = load_task_files(config.train_files, config)
+    examples, reports = load_task_files(config.train_files, config, num_labels=num_labels)
     messages = [report.summary() for report in reports]
     heldout: list[Example] = []
     if config.eval_split:
@@ -129,12 +165,34 @@ def prepare_run_data(
     target = None
     target_heldout: list[Example] = []
     if config.target_files:
-        target_examples, target_reports = load_task_files(
-            config.target_files,
-            config,
-            domain="target",
-            require_labels=target_labels or bool(config.target_eval_split),
-        )
+        if config.target_text_columns:
+            if target_labels or config.target_eval_split:
+                raise DataError(
+                    "data.target_text_columns reads unlabeled target texts; oracle training "
+                    "and target_eval_split need the target's labels"
+                )
+            if len(config.target_text_columns) < 2:
+                raise DataError(
+                    "data.target_text_columns takes [prompt, response, ...] (at least one "
+                    f"response column), got {config.target_text_columns}"
+                )
+            # The mcq layout reads [prompt, responses...] with no label: any number of responses.
+            target_examples, target_reports = load_task_files(
+                config.target_files,
+                config,
+                domain="target",
+                require_labels=False,
+                task="mcq",
+                columns=ColumnConfig(tuple(config.target_text_columns)),
+            )
+        else:
+            target_examples, target_reports = load_task_files(
+                config.target_files,
+                config,
+                domain="target",
+                require_labels=target_labels or bool(config.target_eval_split),
+                num_labels=num_labels,
+            )
         messages += [report.summary() for report in target_reports]
         if config.target_eval_split:
             target_examples, target_heldout = split_heldout(
@@ -162,7 +220,11 @@ def prepare_run_data(
     eval_task = config.eval_task or config.task
     for path in config.eval_files:
         eval_examples, eval_reports = load_task_files(
-            [path], config, task=eval_task, dataset_config=config.eval_dataset_config
+            [path],
+            config,
+            task=eval_task,
+            dataset_config=config.eval_dataset_config,
+            num_labels=num_labels,
         )
         messages += [report.summary() for report in eval_reports]
         name = eval_set_name(path)

@@ -49,7 +49,8 @@ def _read_text(path: Path) -> str:
 
 def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
     records = []
-    for line_number, line in enumerate(text.splitlines()):
+    # only "\n" ends a line: str.splitlines would also split at U+2028 or U+0085 inside a string
+    for line_number, line in enumerate(text.split("\n")):
         if not line.strip():
             continue
         try:

@@ -185,6 +185,31 @@ class RewardModel(nn.Module):
             if result.unexpected_keys:
                 raise DialError(f"{source} adapter does not match: {result.unexpected_keys[:3]}")
 
+    def init_from(self, folder: str | Path) -> None:
+        """Start from the trained weights of another reward-model folder built the same way.
+
+        The folder's ``dial_config.json`` must name the same base model, pooling, head size
+        and adapter settings as this model (otherwise its weights would not mean the same).
+        """
+        source = Path(folder)
+        config_path = source / "dial_config.json"
+        if not config_path.is_file():
+            raise DialError(f"model.init_from {source} is not a dial reward-model folder")
+        saved = json.loads(config_path.read_text())
+        mine = asdict(self.spec)
+        differing = [
+            key
+            for key in ("base_model", "pooling", "num_labels", "lora", "backbone_saved")
+            if saved.get(key) != mine[key]
+        ]
+        if differing:
+            key = differing[0]
+            raise DialError(
+                f"model.init_from {source} was built with {key}={saved.get(key)!r}, this run "
+                f"with {mine[key]!r}"
+            )
+        self.load_trained_weights(source)
+
 
 def _base_layer_name(names: set[str], key: str) -> str:
     """Map a plain weight name onto a LoRA-wrapped module's ``base_layer`` name where needed."""
@@ -239,13 +264,20 @@ def _load_backbone(
     if resolved.is_random_init:
         backbone = auto.from_config(config, dtype=dtype)
     else:
-        backbone = auto.from_pretrained(
-            resolved.name_or_path,
-            config=config,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
-        )
+        try:
+            backbone = auto.from_pretrained(
+                resolved.name_or_path,
+                config=config,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+            )
+        except OSError as exc:  # no safetensors weights, or the hub unreachable
+            raise DialError(
+                f"cannot load the weights of {resolved.name_or_path}: {exc} (dial reads only "
+                "safetensors weights: a pickled pytorch_model.bin could run code when loaded; "
+                "convert it with safetensors.torch.save_file where you trust it)"
+            ) from exc
     if getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # BERT's pooler is unused: pooling is ours
     return backbone

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from dial.rl.evaluate import action_accuracy, evaluate_policy
+from dial.rl.generation import (
+    decode_responses,
+    encode_queries,
+    eos_token_ids,
+    load_policy,
+    sample_responses,
+)
 from dial.rl.ppo import (
     KL_ESTIMATORS,
     PPOConfig,
@@ -28,9 +36,15 @@ __all__ = [
     "PPOConfig",
     "Sequences",
     "ValueModel",
+    "action_accuracy",
     "build_sequences",
+    "decode_responses",
+    "encode_queries",
+    "eos_token_ids",
+    "evaluate_policy",
     "gae",
     "kl_penalized_rewards",
+    "load_policy",
     "logprobs_from_logits",
     "masked_mean",
     "masked_var",
@@ -41,5 +55,6 @@ __all__ = [
     "ppo_update",
     "response_logits",
     "response_values",
+    "sample_responses",
     "value_loss",
 ]

@@ -448,15 +448,18 @@ def response_logits(policy: nn.Module, batch: Sequences) -> Tensor:
     The logits at column ``c`` predict the token at ``c + 1``, so these are columns
     ``Lq − 1 … Lq + T − 2``, aligned with ``batch.responses`` for
     :func:`logprobs_from_logits`. The forward gets the attention mask and
-    :func:`position_ids_from_mask`.
+    :func:`position_ids_from_mask`, and ``logits_to_keep`` (a transformers causal LM's argument)
+    so that the LM head runs only on the last ``T + 1`` columns, not on the query's.
     """
+    response_columns = batch.input_ids.shape[1] - batch.query_length
     logits = policy(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=position_ids_from_mask(batch.attention_mask),
         use_cache=False,
+        logits_to_keep=response_columns + 1,
     ).logits
-    return logits[:, batch.query_length - 1 : -1]
+    return logits[:, -response_columns - 1 : -1]  # also right for a model that keeps them all
 
 
 def response_values(value_model: nn.Module, batch: Sequences) -> Tensor:
@@ -467,6 +470,16 @@ def response_values(value_model: nn.Module, batch: Sequences) -> Tensor:
     """
     values = value_model(batch.input_ids, batch.attention_mask)
     return values[:, batch.query_length - 1 : -1].float()
+
+
+@contextmanager
+def _reference(policy: nn.Module, ref_policy: nn.Module | None) -> Iterator[nn.Module]:
+    """The reference model: ``ref_policy``, or ``policy`` with its peft adapters disabled."""
+    if ref_policy is not None:
+        yield ref_policy
+        return
+    with policy.disable_adapter():
+        yield policy
 
 
 @contextmanager
@@ -554,7 +567,7 @@ class PPOConfig:
 def ppo_update(
     policy: nn.Module,
     value_head_model: nn.Module,
-    ref_policy: nn.Module,
+    ref_policy: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     queries: Sequence[Tensor],
     responses: Sequence[Tensor],
@@ -571,10 +584,11 @@ def ppo_update(
        starting at column ``Lq``. Every forward gets the attention mask and
        ``position_ids = max(0, cumsum(attention_mask) − 1)``.
     2. Without gradients: :math:`\log \pi_{\mathrm{old}}` (``policy``), :math:`\log
-       \pi_{\mathrm{ref}}` (``ref_policy``) of the response tokens, from the logits at
-       columns ``Lq − 1 … Lq + T − 2`` (the logits at column ``c`` predict the token at
-       ``c + 1``), and :math:`V^{\mathrm{old}}` from the values at the same columns (the
-       state before each token).
+       \pi_{\mathrm{ref}}` (``ref_policy``, or ``policy`` with its adapters disabled) of the
+       response tokens, from the logits at columns ``Lq − 1 … Lq + T − 2`` (the logits at
+       column ``c`` predict the token at ``c + 1``; the LM head runs on those columns only),
+       and :math:`V^{\mathrm{old}}` from the values at the same columns (the state before each
+       token).
     3. Scores :math:`s_i` (minus ``missing_eos_penalty`` for responses without EOS) and the KL
        penalty make the per-token rewards (:func:`kl_penalized_rewards`), optionally rescaled
        (``whiten_rewards``, :func:`masked_whiten` without shifting the mean); :func:`gae` gives
@@ -595,7 +609,9 @@ def ppo_update(
             ``.logits``.
         value_head_model: a module ``(input_ids, attention_mask) -> values [B, L]``, such as
             :class:`ValueModel`.
-        ref_policy: the frozen reference causal LM.
+        ref_policy: the frozen reference causal LM; ``None`` when ``policy`` is a peft model
+            (LoRA) whose base model is the reference: its forward then runs inside
+            ``policy.disable_adapter()``, and no second copy of the model is needed.
         optimizer: holds the trainable parameters of both ``policy`` and
             ``value_head_model``; its learning rate is used as it is.
         queries: ``B`` 1-D tensors of query token ids, without padding.
@@ -612,6 +628,10 @@ def ppo_update(
         nats), ``kl`` (per-response sum of the rewards' KL estimates), ``score`` (the scores
         as given), ``non_score_reward`` (per-response sum of :math:`-\beta\,\mathrm{kl}`).
     """
+    if ref_policy is None and not hasattr(policy, "disable_adapter"):
+        raise ValueError(
+            "ref_policy=None needs a peft policy (with disable_adapter()); pass the reference model"
+        )
     device = next(policy.parameters()).device
     responses = [_truncate_after_eos(response, eos_token_id) for response in responses]
     batch = build_sequences(queries, responses, pad_token_id, device=device)
@@ -620,10 +640,14 @@ def ppo_update(
     if len(scores) != len(responses):
         raise ValueError(f"got {len(scores)} scores for {len(responses)} responses")
 
-    with _eval_mode(policy, value_head_model, ref_policy):
+    frozen = [ref_policy] if ref_policy is not None else []
+    with _eval_mode(policy, value_head_model, *frozen):
         with torch.no_grad():
             old_logprobs = logprobs_from_logits(response_logits(policy, batch), batch.responses)
-            ref_logprobs = logprobs_from_logits(response_logits(ref_policy, batch), batch.responses)
+            with _reference(policy, ref_policy) as reference:
+                ref_logprobs = logprobs_from_logits(
+                    response_logits(reference, batch), batch.responses
+                )
             old_values = response_values(value_head_model, batch)
 
             penalized_scores = scores

@@ -19,13 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dial.errors import DialError
 
 PREFIX = "step_"
 MANIFEST = "manifest.json"
@@ -39,6 +42,8 @@ class TrainerState:
     epoch: int = 0
     batches_done_in_epoch: int = 0
     examples_seen: int = 0
+    log_window: list[dict[str, float]] = field(default_factory=list)
+    """Statistics of the steps since the last logged training row (their mean is logged next)."""
 
 
 def _sha256(path: Path) -> str:
@@ -92,9 +97,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def staging_dir(run_dir: Path, step: int) -> Path:
+def staging_dir(run_dir: Path, step: int, prefix: str = PREFIX) -> Path:
     """The temporary folder the checkpoint of `step` is written into before its rename."""
-    return run_dir / "checkpoints" / f".tmp-{PREFIX}{step:08d}"
+    return run_dir / "checkpoints" / f".tmp-{prefix}{step:08d}"
 
 
 def make_empty(folder: Path) -> None:
@@ -103,8 +108,8 @@ def make_empty(folder: Path) -> None:
     folder.mkdir(parents=True)
 
 
-def commit_checkpoint(staging: Path, state: TrainerState, keep: int | None) -> Path:
-    """Write the trainer state and manifest, rename into place, prune old checkpoints."""
+def commit_checkpoint(staging: Path, state: Any, keep: int | None, prefix: str = PREFIX) -> Path:
+    """Write the state (a dataclass) and manifest, rename into place, prune old checkpoints."""
     (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
     write_manifest(staging)
     final = staging.parent / staging.name.removeprefix(".tmp-")
@@ -112,23 +117,23 @@ def commit_checkpoint(staging: Path, state: TrainerState, keep: int | None) -> P
         shutil.rmtree(final)
     os.replace(staging, final)
     if keep is not None:
-        for old in list_checkpoints(staging.parent.parent)[:-keep]:
+        for old in list_checkpoints(staging.parent.parent, prefix)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
+def list_checkpoints(run_dir: Path, prefix: str = PREFIX) -> list[Path]:
     """Checkpoint folders (complete-looking names only), oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
-    return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix)]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(prefix)))
 
 
-def latest_valid_checkpoint(run_dir: Path, log=print) -> Path | None:
+def latest_valid_checkpoint(run_dir: Path, log=print, prefix: str = PREFIX) -> Path | None:
     """The newest checkpoint whose files match their manifest; broken ones are reported."""
-    for folder in reversed(list_checkpoints(run_dir)):
+    for folder in reversed(list_checkpoints(run_dir, prefix)):
         problem = verify_manifest(folder)
         if problem is None:
             return folder
@@ -141,5 +146,16 @@ def load_state(folder: Path) -> TrainerState:
 
 
 def torch_load(path: Path) -> Any:
-    """Load a tensor file safely: plain tensors and containers only, never arbitrary pickles."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a tensor file safely: plain tensors and containers only, never arbitrary pickles.
+
+    Raises:
+        DialError: the file holds other objects (code could run if they were unpickled).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DialError(
+            f"refused to load {path}: it holds more than tensors, and unpickling it could run "
+            f"code ({reason}); the checkpoint was altered or is not dial's"
+        ) from exc

@@ -38,15 +38,18 @@ class RunLogger:
             self.wandb = wandb.init(config=config, dir=str(run_dir), name=run_dir.name)
 
     def truncate_after(self, step: int) -> None:
-        """Forget rows logged after `step` (a resumed run logs them again)."""
+        """Forget rows logged after `step` (a resumed run logs them again), and a last row cut
+        short by a crash; the file is replaced atomically."""
         if not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        text = self.path.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()  # a crash while appending left this row unfinished
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        partial = self.path.with_name(f".{self.path.name}.tmp")
+        partial.write_text("".join(line + "\n" for line in kept))
+        partial.replace(self.path)
 
     def log(self, row: dict[str, Any], prefix: str) -> None:
         """Append a row; numeric fields also go to the backends as ``prefix/name``."""

@@ -24,12 +24,13 @@ import json
 import math
 import resource
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -38,7 +39,7 @@ from dial.config import DomainConfig, RunConfig
 from dial.data.datasets import prepare_run_data
 from dial.data.pairing import plan_paired_epoch
 from dial.data.tokenize import EncodedData, collate, model_inputs, plan_batches, sequence_format
-from dial.errors import ConfigError, DataError
+from dial.errors import ConfigError, DataError, RunAborted
 from dial.evaluation.domain_metrics import domain_classifier_accuracy
 from dial.evaluation.evaluate import evaluate, predict
 from dial.models.reward_model import RewardModel, build_reward_model
@@ -52,6 +53,9 @@ SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": 
 NO_DECAY = ("bias", "norm", "LayerNorm", "layernorm")
 LM_METHODS = ("source_sft", "target_ntp")
 PAIRED_METHODS = ("dial", "oracle", "target_ntp")
+# |Ŵ| beyond this many times the mean source-target distance: the critic is far from
+# 1-Lipschitz, so Ŵ no longer estimates a Wasserstein distance (see TrainingRun._check_critic).
+CRITIC_DIVERGENCE_RATIO = 10.0
 
 
 def domain_loss_options(domain: DomainConfig) -> dict[str, Any]:
@@ -84,7 +88,12 @@ class TrainingRun:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         config = self.config
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # a rank that died or hangs ends the others' waits at the next collective operation
+        timeout = timedelta(seconds=config.train.collective_timeout_s)
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
+        )
         self.is_main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -99,6 +108,8 @@ class TrainingRun:
             raise ConfigError(f"method {self.method} needs target data (data.target_files)")
         set_seed(config.train.seed)
         model, self.tokenizer = build_reward_model(config.model, lm_head=self.method in LM_METHODS)
+        if config.model.init_from is not None:
+            model.init_from(config.model.init_from)
         self.fmt = sequence_format(self.tokenizer, model.spec.architecture)
         data = prepare_run_data(
             config.data,
@@ -106,9 +117,11 @@ class TrainingRun:
             self.fmt,
             config.train.seed,
             target_labels=self.method == "oracle",
+            num_labels=config.model.num_labels,
         )
         self.train_data, self.eval_data, self.target_data = data.train, data.evals, data.target
         self.domain_loss: DomainLoss | None = None
+        self.critic_warned = False
         self.critic_optimizer: GradientAveragingOptimizer | None = None
         if self.method == "dial":
             self.domain_loss = build_domain_loss(
@@ -128,7 +141,6 @@ class TrainingRun:
             config.save_yaml(self.run_dir / "config.yaml")
             for message in data.messages:
                 self.print(message)
-        self._check_labels()
         self.loss_fn = build_task_loss(
             config.data.task, score_loss=config.data.score_loss, margin=config.data.margin
         )
@@ -154,22 +166,6 @@ class TrainingRun:
         )
         if config.resume:
             self._resume()
-
-    def _check_labels(self) -> None:
-        data = self.config.data
-        if data.task != "score" or data.score_loss != "cross_entropy":
-            return
-        classes = self.config.model.num_labels
-        for index, example in enumerate(self.train_data.examples):
-            label = example.label
-            if label is None or not label.is_integer() or not 0 <= label < classes:
-                raise DataError(
-                    f"label {label} is not a class index in 0..{classes - 1} "
-                    "(set model.num_labels to the number of classes)",
-                    file=", ".join(data.train_files),
-                    record=index,
-                    field="label",
-                )
 
     def _joint_domain_parameters(self) -> list[torch.nn.Parameter]:
         """Domain-loss parameters trained with the model (DANN's classifier), not a critic."""
@@ -253,6 +249,8 @@ class TrainingRun:
         folder = ckpt.latest_valid_checkpoint(self.run_dir, log=self.print)
         if folder is None:
             self.print(f"--resume: no complete checkpoint in {self.run_dir}; starting afresh")
+            if self.logger is not None:
+                self.logger.truncate_after(0)  # rows of the run that stopped before saving
             return
         self.accelerator.unwrap_model(self.model).load_trained_weights(folder / "model")
         self.optimizer.load_state_dict(ckpt.torch_load(folder / "optimizer.pt"))
@@ -280,9 +278,9 @@ class TrainingRun:
         )
         train_seconds = 0.0
         train_examples = 0
-        window_stats: list[dict[str, float]] = []
         last_eval: dict[str, dict[str, float]] = {}
-        last_eval_step = last_save_step = -1
+        # A checkpoint is written after every evaluation of its step: a resumed run has done both.
+        last_eval_step = last_save_step = state.global_step or -1
         while state.global_step < self.total_steps:
             windows = self._epoch_windows(state.epoch)
             first = state.batches_done_in_epoch // train.gradient_accumulation_steps
@@ -295,7 +293,7 @@ class TrainingRun:
                 state.global_step += 1
                 state.batches_done_in_epoch += len(window)
                 state.examples_seen += n_examples
-                window_stats.append(stats)
+                state.log_window.append(stats)
                 progress.update(1)
                 shown = {"loss": f"{stats['loss']:.4f}", "acc": f"{stats['accuracy']:.3f}"}
                 if "wasserstein" in stats:
@@ -304,11 +302,12 @@ class TrainingRun:
                 progress.set_postfix(shown)
                 step = state.global_step
                 if step % train.logging_steps == 0 or step == self.total_steps:
-                    self._log_train(window_stats, train_examples / max(train_seconds, 1e-9))
-                    window_stats = []
-                if train.eval_steps and step % train.eval_steps == 0:
+                    self._log_train(state.log_window, train_examples / max(train_seconds, 1e-9))
+                    state.log_window = []
+                mid_epoch = window is not windows[-1]  # an epoch's end evaluates and saves below
+                if mid_epoch and train.eval_steps and step % train.eval_steps == 0:
                     last_eval, last_eval_step = self._evaluate(), step
-                if train.save_steps and step % train.save_steps == 0:
+                if mid_epoch and train.save_steps and step % train.save_steps == 0:
                     self._save_checkpoint()
                     last_save_step = step
                 if step >= self.total_steps:
@@ -324,6 +323,8 @@ class TrainingRun:
         progress.close()
         if last_eval_step != state.global_step:
             last_eval = self._evaluate()
+        elif not last_eval:  # resumed from the last step's checkpoint: its metrics once more
+            last_eval = self._evaluate(log=False)
         if last_save_step != state.global_step:
             self._save_checkpoint()
         throughput = train_examples / train_seconds if train_seconds else float("nan")
@@ -392,12 +393,30 @@ class TrainingRun:
                 self.accelerator.backward(loss * share)
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value * share
+        for key, value in sums.items():
+            if key.startswith("critic_") and not math.isfinite(value):
+                raise self._stop(
+                    f"the critic diverged: {key} became {value}",
+                    "lower domain.critic_lr, or raise domain.gamma",
+                )
         if not math.isfinite(sums["loss"]):
-            raise FloatingPointError(
-                f"training loss became {sums['loss']} at step {self.state.global_step + 1}; "
-                "the last checkpoint is intact (lower the learning rate, or check the data)"
+            raise self._stop(
+                f"the training loss became {sums['loss']}",
+                "lower train.learning_rate, or check the data",
             )
         return sums
+
+    def _stop(self, what: str, advice: str) -> FloatingPointError:
+        """The error that ends a run whose numbers stopped being finite, raised before the
+        optimizer step could write them into the weights."""
+        saved = ckpt.list_checkpoints(self.run_dir)
+        last = "no checkpoint was written yet"
+        if saved:
+            last = f"the last good state is {saved[-1]} (--resume continues from it)"
+        return FloatingPointError(
+            f"{what} at step {self.state.global_step + 1}; stopped before updating the "
+            f"weights: {last}. To avoid it: {advice}"
+        )
 
     def _micro_batch_loss(
         self, source: list[int], target: list[int] | None
@@ -453,11 +472,40 @@ class TrainingRun:
         )
         output = self.domain_loss(source, target)
         stats.update(output.stats)
+        if self.critic_optimizer is not None:
+            self._check_critic(stats["wasserstein"], source, target)
         stats["domain_weight"] = weight
         return weight * output.loss
 
+    def _check_critic(self, wasserstein: float, source: torch.Tensor, target: torch.Tensor) -> None:
+        r"""Report (once) a critic that is diverging while its estimate is still finite.
+
+        For a 1-Lipschitz critic :math:`f`,
+        :math:`|\hat W| = |\frac{1}{N_s N_t}\sum_{i,j} f(s_i) - f(t_j)|
+        \le \frac{1}{N_s N_t}\sum_{i,j} \lVert s_i - t_j \rVert = D`.
+        The gradient penalty keeps :math:`f` near 1-Lipschitz, so :math:`|\hat W|` beyond
+        ``CRITIC_DIVERGENCE_RATIO``·D means the critic has escaped it.
+        """
+        if self.critic_warned or not math.isfinite(wasserstein):
+            return
+        with torch.no_grad():
+            distance = torch.cdist(source.detach().float(), target.detach().float()).mean().item()
+        if abs(wasserstein) <= CRITIC_DIVERGENCE_RATIO * distance:
+            return
+        self.critic_warned = True
+        if self.is_main:
+            self.print(
+                f"warning: step {self.state.global_step + 1}: the critic is diverging: its "
+                f"estimate Ŵ = {wasserstein:.4g} is {abs(wasserstein) / max(distance, 1e-12):.0f} "
+                f"times the mean source-target distance {distance:.4g}, which bounds a "
+                "1-Lipschitz critic; Ŵ no longer estimates the Wasserstein distance (raise "
+                "domain.gamma, or lower domain.critic_lr)"
+            )
+
     def _apply_update(self) -> float:
-        """Clip, step the optimizer and the schedule, clear the gradients; the gradient norm."""
+        """Clip, step the optimizer and the schedule, clear the gradients; the gradient norm.
+
+        A non-finite gradient norm stops the run before the step (see :meth:`_stop`)."""
         average_gradients(self.accelerator, self.joint_domain_parameters)
         grad_norm = float("nan")
         if self.config.train.max_grad_norm is not None:
@@ -466,6 +514,11 @@ class TrainingRun:
                     self.model.parameters(), self.config.train.max_grad_norm
                 )
             )
+            if not math.isfinite(grad_norm):
+                raise self._stop(
+                    f"the gradient norm became {grad_norm}",
+                    "lower train.learning_rate, or check the data",
+                )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -485,9 +538,9 @@ class TrainingRun:
     def _epochs_done(self) -> float:
         return self.state.epoch + self.state.batches_done_in_epoch / self._pairs_per_rank()
 
-    def _evaluate(self) -> dict[str, dict[str, float]]:
+    def _evaluate(self, log: bool = True) -> dict[str, dict[str, float]]:
         """Metrics on every evaluation set, and how far apart the domains' embeddings are
-        (main process only; the others wait at the next step)."""
+        (main process only; the others wait at the next step); `log`: also log and print them."""
         if not self.is_main:
             return {}
         model = self.accelerator.unwrap_model(self.model)
@@ -505,7 +558,7 @@ class TrainingRun:
             )
         if self.target_data is not None:
             results["domain"] = self._domain_metrics(model)
-        for name, metrics in results.items():
+        for name, metrics in results.items() if log else ():
             self.logger.log(
                 {"step": self.state.global_step, "split": name, **metrics}, f"eval/{name}"
             )  # type: ignore[union-attr]
@@ -600,11 +653,33 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def collective_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a failed collective operation (gloo or NCCL): a peer died or hangs."""
+    return isinstance(exc, torch.distributed.DistError) or any(
+        name in str(exc) for name in ("gloo", "NCCL")
+    )
+
+
 def train(config: RunConfig, log=print) -> dict[str, Any]:
-    """Train a reward model as `config` says; returns the final metrics."""
+    """Train a reward model as `config` says; returns the final metrics.
+
+    Raises:
+        RunAborted: in a run of several processes, another process died or stopped answering
+            (within ``train.collective_timeout_s``).
+    """
     run = TrainingRun(config, log=log)
     run.setup()
     try:
         return run.train()
+    except RuntimeError as exc:
+        if run.world == 1 or not collective_failure(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunAborted(
+            f"process {run.rank} of {run.world} stopped at step {run.state.global_step + 1}: "
+            "another process died or did not answer within train.collective_timeout_s "
+            f"({config.train.collective_timeout_s} s); {reason}. The newest complete checkpoint "
+            "is intact: --resume continues from it"
+        ) from exc
     finally:
         run.cleanup()
