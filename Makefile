@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 
 # The demo suite: data generated offline, source_only / dial / oracle, the results table.
 demo: $(STAMP)
-	$(BIN)/dial experiment configs/suites/demo.yaml --output runs/demo
+	$(BIN)/dial experiment configs/suites/demo.yaml --output runs/demo --jobs 2
 
 # A source-only MiniLM reward model on HH-RLHF helpful-base (needs ../shared/data).
 demo-hh: $(STAMP)

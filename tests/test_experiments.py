@@ -302,7 +302,6 @@ def experiment_dir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.slow
 def test_experiment_writes_runs_tables_and_analysis(experiment_dir: Path) -> None:
     out = experiment_dir / "out"
     rows = list(csv_rows(out / "results.csv"))
@@ -329,6 +328,13 @@ def test_experiment_writes_runs_tables_and_analysis(experiment_dir: Path) -> Non
             final["eval"]["target_test_c"]["accuracy"]
         )
         assert ("critic_w" in last) == run["method"].startswith("dial")
+        # ... and so do the domain metrics, measured on the same samples
+        domain = final["eval"]["domain"]
+        assert last["domain_classifier_accuracy"] == pytest.approx(
+            domain["domain_classifier_accuracy"]
+        )
+        if "critic_w" in last:
+            assert last["critic_w"] == pytest.approx(domain["critic_wasserstein"], abs=1e-5)
         assert analysis["selected"]["source_loss"] in steps
         assert float(run["target"]) == pytest.approx(last["target_metrics"]["accuracy"])
         assert float(run["domain_classifier_accuracy"]) >= 0.5
@@ -343,7 +349,6 @@ def csv_rows(path: Path):
         yield from csv.DictReader(handle)
 
 
-@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_a_killed_one(
     experiment_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -386,7 +391,6 @@ def test_rerun_skips_finished_runs_and_resumes_a_killed_one(
     assert "trained with other options" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_report_rebuilds_from_the_run_folders(experiment_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(experiment_dir / "out", out)
@@ -443,7 +447,6 @@ def loopback_server(folder: Path):
         server.server_close()
 
 
-@pytest.mark.slow
 def test_report_renders_every_plot_in_headless_chromium(experiment_dir: Path) -> None:
     driver = chromium_driver()
     try:

@@ -4,10 +4,11 @@ For every checkpoint in ``RUN/checkpoints/`` this reloads the model and computes
 the run was configured with (``RUN/config.yaml``):
 
 - the source validation loss and metrics (the setting's source eval set);
-- DEV's target-risk estimate, its weights' effective sample size, and the held-out accuracy of
-  a domain classifier on the embeddings;
-- the critic's ``Ŵ`` (runs whose checkpoint holds a critic), on a fixed sample of source and
-  target training texts, as training's evaluation computes it;
+- DEV's target-risk estimate and its weights' effective sample size (its domain classifier
+  fitted on the samples below);
+- as training's evaluation computes them, on the first ``domain.eval_samples`` source and
+  target training texts: a fresh domain classifier's held-out accuracy on their embeddings,
+  and the critic's ``Ŵ`` (runs whose checkpoint holds a critic);
 - the target eval set's metrics, where the target has labels (never used to select).
 
 It writes ``RUN/analysis.json`` (per checkpoint, and the step each criterion selects) and
@@ -67,13 +68,12 @@ class CheckpointAnalysis:
         *,
         source_eval: str | None,
         target_eval: str | None,
-        samples: int,
         device: str,
     ) -> None:
         self.run_dir = run_dir
         self.config: RunConfig = load_config(run_dir / "config.yaml")
         self.source_eval, self.target_eval = source_eval, target_eval
-        self.samples = samples
+        self.samples = self.config.domain.eval_samples
         self.device = device
         self.data: Any = None
 
@@ -178,7 +178,6 @@ def analyse_run(
     *,
     source_eval: str | None,
     target_eval: str | None,
-    samples: int = 128,
     log=print,
 ) -> dict[str, Any]:
     """Measure every complete checkpoint of a run, select one per criterion, write
@@ -186,7 +185,7 @@ def analyse_run(
     run = Path(run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     analysis = CheckpointAnalysis(
-        run, source_eval=source_eval, target_eval=target_eval, samples=samples, device=device
+        run, source_eval=source_eval, target_eval=target_eval, device=device
     )
     rows = []
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per checkpoint says nothing
@@ -212,7 +211,7 @@ def analyse_run(
     result = {
         "source_eval": source_eval,
         "target_eval": target_eval,
-        "samples": samples,
+        "samples": analysis.samples,
         "checkpoints": rows,
         "selected": selected,
     }

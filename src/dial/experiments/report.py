@@ -130,7 +130,7 @@ def plot_target_bars(experiment: Experiment, rows: list[dict[str, Any]], metric:
     names = [n for n in names if any((s, n) in stats for s in settings)]
     colors = _colors(names)
     width = 0.8 / max(len(names), 1)
-    figure, axis = plt.subplots(figsize=(max(5, 1.8 * len(settings) + 2), 3.8))
+    figure, axis = plt.subplots(figsize=(max(7, 1.8 * len(settings) + 4), 3.8))
     for i, name in enumerate(names):
         xs, means, errors = [], [], []
         for j, setting in enumerate(settings):
@@ -152,7 +152,7 @@ def plot_target_bars(experiment: Experiment, rows: list[dict[str, Any]], metric:
                 label="prefer the longer" if j == 0 else None,
             )
     axis.set_xticks(range(len(settings)), settings)
-    axis.set(ylabel=f"target {metric}", title=f"Target {metric} per method (mean ± std over seeds)")
+    axis.set(ylabel=f"target {metric}", title=f"Target {metric} (mean ± std over seeds)")
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(figure)
 

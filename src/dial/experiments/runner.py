@@ -184,6 +184,8 @@ def execute_all(runs: list[PlannedRun], jobs: int, log=print) -> list[Outcome]:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = [pool.submit(execute, run, True, threads) for run in pending]
+        for run in pending:
+            log(f"queued {run.label()} (log: {run.folder / 'train.log'})")
         for future in concurrent.futures.as_completed(futures):
             outcomes.append(future.result())
             report(outcomes[-1])
