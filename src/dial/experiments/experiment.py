@@ -109,16 +109,15 @@ class Experiment:
                     )
                 if suite.length_baseline and target_eval is not None:
                     metrics = length_baseline_metrics(first, target_eval)
-                    if metrics is not None:
-                        rows.append(
-                            {
-                                "setting": setting.name,
-                                "method": LENGTH_BASELINE,
-                                "seed": seed,
-                                "status": "baseline",
-                                "target": metrics.get(suite.metric),
-                            }
-                        )
+                    rows.append(
+                        {
+                            "setting": setting.name,
+                            "method": LENGTH_BASELINE,
+                            "seed": seed,
+                            "status": "baseline",
+                            "target": metrics.get(suite.metric),
+                        }
+                    )
         return rows
 
     def row_names(self) -> list[str]:

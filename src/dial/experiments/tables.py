@@ -163,9 +163,10 @@ def choice_row(
     return row
 
 
-def length_baseline_metrics(config: RunConfig, eval_name: str) -> dict[str, Any] | None:
-    """Metrics of "prefer the longer response" (length in characters; a tie is wrong) on the
-    eval set ``eval_name`` of a run config; None for the score task (no responses to rank)."""
+def length_baseline_metrics(config: RunConfig, eval_name: str) -> dict[str, Any]:
+    """Metrics of the length-only baseline on the eval set ``eval_name`` of a run config:
+    "prefer the longer response" (length in characters; a tie is wrong) for preference and mcq,
+    "the longer text scores higher" (the length as the prediction) for the score task."""
     data = config.data
     task = data.eval_task or data.task
     if eval_name == "target_heldout":
@@ -180,7 +181,9 @@ def length_baseline_metrics(config: RunConfig, eval_name: str) -> dict[str, Any]
             files[:1], data, task=task, dataset_config=data.eval_dataset_config
         )
     if task == "score":
-        return None
+        lengths = np.array([sum(map(len, e.responses)) for e in examples], dtype=np.float64)
+        labels = np.array([e.label for e in examples], dtype=np.float64)
+        return compute_metrics(task, {"predictions": lengths, "labels": labels})
     lengths = np.array([[len(r) for r in e.responses] for e in examples], dtype=np.float64)
     if task == "preference":
         return compute_metrics(task, {"chosen": lengths[:, 0], "rejected": lengths[:, 1]})

@@ -9,6 +9,7 @@ from dial.rl.generation import (
     eos_token_ids,
     load_policy,
     sample_responses,
+    sample_with_logprobs,
 )
 from dial.rl.ppo import (
     KL_ESTIMATORS,
@@ -56,5 +57,6 @@ __all__ = [
     "response_logits",
     "response_values",
     "sample_responses",
+    "sample_with_logprobs",
     "value_loss",
 ]

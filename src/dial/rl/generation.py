@@ -5,7 +5,7 @@ The steps, each a plain function the RL loop and the commands share:
 1. :func:`load_policy`: the model and its tokenizer (left padding, a pad token).
 2. :func:`encode_queries`: prompts -> query token ids through the chat template.
 3. :func:`sample_responses`: left-padded batches through ``generate``; response ids, each cut
-   after its first EOS token.
+   after its first EOS token (:func:`sample_with_logprobs`: with their log-probabilities).
 4. :func:`decode_responses`: ids -> text.
 
 Sampling is pure ancestral sampling from :math:`\pi(y_t \mid x, y_{<t})^{1/\tau}` (renormalised;
@@ -285,6 +285,45 @@ def sample_responses(
     ``seed`` makes sampling reproducible (for the same queries and ``batch_size``) without
     touching the global random state; ``None`` draws from the global generator.
     """
+    arguments = (queries, max_new_tokens, do_sample, batch_size, temperature, seed)
+    return [response for response, _ in _generate(model, tokenizer, *arguments, False)]
+
+
+def sample_with_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+    seed: int | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    r"""Sample as :func:`sample_responses` does, and return with each response the
+    log-probabilities :math:`\log \pi(y_t \mid x, y_{<t})` of its tokens, float32 on the CPU.
+
+    They come from the logits ``generate`` computed anyway (before the temperature, i.e. the
+    distribution at :math:`\tau = 1`, the one PPO's ratio is taken against), so the rollout's
+    :math:`\log \pi_{\mathrm{old}}` costs no extra forward pass. They match a fresh forward
+    over the padded query + response up to floating-point rounding (the key-value cache and
+    another batch layout sum in another order).
+    """
+    arguments = (queries, max_new_tokens, True, batch_size, temperature, seed)
+    pairs = list(_generate(model, tokenizer, *arguments, True))
+    return [response for response, _ in pairs], [logprobs for _, logprobs in pairs]
+
+
+def _generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    do_sample: bool,
+    batch_size: int,
+    temperature: float,
+    seed: int | None,
+    with_logprobs: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The loop behind :func:`sample_responses` and :func:`sample_with_logprobs`."""
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("max_new_tokens and batch_size must be at least 1")
     if do_sample and not temperature > 0:
@@ -302,10 +341,11 @@ def sample_responses(
         eos_token_id=eos_ids,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
+        output_logits=with_logprobs,
+        return_dict_in_generate=with_logprobs,
     )
     device = next(model.parameters()).device
     rng_devices = [device] if device.type == "cuda" else []
-    responses: list[torch.Tensor] = []
     with (
         _own_generation_config(model, config),
         torch.random.fork_rng(devices=rng_devices, enabled=seed is not None),
@@ -317,9 +357,20 @@ def sample_responses(
             output = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
             )
-            for row in output[:, ids.shape[1] :].cpu():
-                responses.append(cut_after_eos(row, eos_ids))
-    return responses
+            sequences = output.sequences if with_logprobs else output
+            new_tokens = sequences[:, ids.shape[1] :]
+            logprobs = None
+            if with_logprobs:
+                logits = torch.stack(output.logits, dim=1).float()  # [B, T, V]
+                logprobs = torch.gather(
+                    torch.log_softmax(logits, dim=-1), 2, new_tokens.unsqueeze(-1)
+                ).squeeze(-1)
+            for row, tokens in enumerate(new_tokens.cpu()):
+                response = cut_after_eos(tokens, eos_ids)
+                if logprobs is None:
+                    yield response, None
+                else:
+                    yield response, logprobs[row, : len(response)].cpu()
 
 
 def decode_responses(

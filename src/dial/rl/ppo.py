@@ -564,6 +564,23 @@ class PPOConfig:
             raise ValueError(f"max_grad_norm must be positive or null, got {self.max_grad_norm}")
 
 
+def _rollout_logprobs(
+    old_logprobs: Sequence[Tensor], responses: Sequence[Tensor], width: int, device: torch.device
+) -> Tensor:
+    """The rollout's per-response log-probabilities as a right-padded ``[B, width]`` tensor."""
+    if len(old_logprobs) != len(responses):
+        raise ValueError(f"got {len(old_logprobs)} old_logprobs for {len(responses)} responses")
+    padded = torch.zeros(len(responses), width, device=device)
+    for row, (logprobs, response) in enumerate(zip(old_logprobs, responses, strict=True)):
+        logprobs = logprobs[: len(response)]
+        if len(logprobs) != len(response):
+            raise ValueError(
+                f"response {row}: {len(response)} tokens but {len(logprobs)} old_logprobs"
+            )
+        padded[row, : len(response)] = logprobs.to(device=device, dtype=torch.float32)
+    return padded
+
+
 def ppo_update(
     policy: nn.Module,
     value_head_model: nn.Module,
@@ -575,6 +592,7 @@ def ppo_update(
     config: PPOConfig,
     pad_token_id: int,
     eos_token_id: int | Sequence[int],
+    old_logprobs: Sequence[Tensor] | None = None,
 ) -> dict[str, float]:
     r"""One PPO update on a rollout batch: rewards, advantages, then ``ppo_epochs`` passes.
 
@@ -583,7 +601,8 @@ def ppo_update(
        :func:`build_sequences`: left-padded queries, right-padded responses, every response
        starting at column ``Lq``. Every forward gets the attention mask and
        ``position_ids = max(0, cumsum(attention_mask) − 1)``.
-    2. Without gradients: :math:`\log \pi_{\mathrm{old}}` (``policy``), :math:`\log
+    2. Without gradients: :math:`\log \pi_{\mathrm{old}}` (``policy``, unless the rollout
+       brought them: ``old_logprobs``), :math:`\log
        \pi_{\mathrm{ref}}` (``ref_policy``, or ``policy`` with its adapters disabled) of the
        response tokens, from the logits at columns ``Lq − 1 … Lq + T − 2`` (the logits at
        column ``c`` predict the token at ``c + 1``; the LM head runs on those columns only),
@@ -620,6 +639,9 @@ def ppo_update(
         config: the hyper-parameters.
         pad_token_id: the id used for padding (never attended to).
         eos_token_id: the EOS id, or several ids that all end a response.
+        old_logprobs: the rollout's :math:`\log \pi_{\mathrm{old}}` of each response's tokens
+            (1-D, as :func:`~dial.rl.generation.sample_with_logprobs` returns them, cut after
+            EOS like the responses); ``None`` computes them with a forward pass.
 
     Returns:
         Means over the batch (rollout stats) and over the optimizer steps (update stats):
@@ -639,11 +661,17 @@ def ppo_update(
     scores = scores.detach().to(device=device, dtype=torch.float32)
     if len(scores) != len(responses):
         raise ValueError(f"got {len(scores)} scores for {len(responses)} responses")
+    given_logprobs = None
+    if old_logprobs is not None:
+        given_logprobs = _rollout_logprobs(old_logprobs, responses, mask.shape[1], device)
 
     frozen = [ref_policy] if ref_policy is not None else []
     with _eval_mode(policy, value_head_model, *frozen):
         with torch.no_grad():
-            old_logprobs = logprobs_from_logits(response_logits(policy, batch), batch.responses)
+            if given_logprobs is None:
+                logits = response_logits(policy, batch)
+                given_logprobs = logprobs_from_logits(logits, batch.responses)
+            old_logprobs = given_logprobs
             with _reference(policy, ref_policy) as reference:
                 ref_logprobs = logprobs_from_logits(
                     response_logits(reference, batch), batch.responses

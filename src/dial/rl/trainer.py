@@ -67,6 +67,7 @@ from dial.rl.generation import (
     load_policy,
     read_prompt_records,
     sample_responses,
+    sample_with_logprobs,
 )
 from dial.rl.ppo import ValueModel, ppo_update
 from dial.training import checkpoint as ckpt
@@ -285,12 +286,11 @@ class RLRun:
         started = time.perf_counter()
         self._set_learning_rate(generation)
         torch.manual_seed(config.seed * 100_003 + generation)
-        responses = sample_responses(
+        responses, logprobs = sample_with_logprobs(
             self.policy,
             self.tokenizer,
             self.queries,
             max_new_tokens=config.policy.response_max_length,
-            do_sample=True,
             batch_size=config.policy.generation_batch_size,
             temperature=config.policy.temperature,
         )
@@ -322,7 +322,7 @@ class RLRun:
         for sample, score in zip(samples, scores.tolist(), strict=True):
             sample["score"] = score
         write_records(samples, samples_file)
-        ppo_stats = self._ppo(responses, scores) if config.train_ppo else {}
+        ppo_stats = self._ppo(responses, logprobs, scores) if config.train_ppo else {}
         row = {
             "step": generation + 1,
             "generation": generation,
@@ -350,8 +350,11 @@ class RLRun:
         for group in self.optimizer.param_groups:
             group["lr"] = rate
 
-    def _ppo(self, responses: list[torch.Tensor], scores: torch.Tensor) -> dict[str, float]:
-        """PPO over the generation's samples, in rollouts of ``policy.batch_size`` prompts."""
+    def _ppo(
+        self, responses: list[torch.Tensor], logprobs: list[torch.Tensor], scores: torch.Tensor
+    ) -> dict[str, float]:
+        """PPO over the generation's samples (and their sampling log-probabilities), in
+        rollouts of ``policy.batch_size`` prompts."""
         order = torch.randperm(len(responses)).tolist()
         size = self.config.policy.batch_size
         totals: dict[str, float] = {}
@@ -369,6 +372,7 @@ class RLRun:
                 self.config.ppo,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.eos_ids,
+                old_logprobs=[logprobs[i] for i in rows],
             )
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0.0) + value

@@ -175,6 +175,9 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, SplitConfig)
 
 
+GROUPS_SHOWN = 8  # group values `dial data split` prints per part
+
+
 def run_split(args: argparse.Namespace) -> int:
     config = _config(SplitConfig, args)
     first, second = (check_output(path) for path in args.outputs)
@@ -183,7 +186,10 @@ def run_split(args: argparse.Namespace) -> int:
     _write(result.second, second)
     print(result.summary(config.by))
     if config.by is not None:
-        print(f"first: {result.first_groups}\nsecond: {result.second_groups}")
+        for name, groups in (("first", result.first_groups), ("second", result.second_groups)):
+            shown = ", ".join(map(repr, groups[:GROUPS_SHOWN]))
+            hidden = len(groups) - GROUPS_SHOWN
+            print(f"{name}: {shown}" + (f", ... ({hidden} more)" if hidden > 0 else ""))
     return 0
 
 
