@@ -318,6 +318,7 @@ def run_dial(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "lora_alpha": args.lora_alpha,
                 "lora_dropout": args.lora_dropout,
                 "lora_target_modules": LORA_TARGETS,
+                "pooling": args.pooling,
             },
             "data": {
                 "task": "preference",
@@ -584,6 +585,7 @@ def run_worker(
         "--learning-rate", str(args.learning_rate),
         "--seed", str(seed),
         "--group-by-length" if args.group_by_length else "--no-group-by-length",
+        "--pooling", args.pooling,
     ]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
@@ -706,7 +708,8 @@ def print_report(
         "notes: pairs/s = pairs / wall time from the start of the training loop to the end of "
         "the last optimizer step (loading, tokenisation, evaluation, saving excluded); "
         f"dial's own final_metrics figure: {dial_own} pairs/s (optimizer-step time only).\n"
-        "  dial keeps its default mean pooling + linear head; TRL's BERT head is pooler "
+        f"  dial pools with model.pooling={args.pooling} (auto: mean) into a linear head; "
+        "TRL's BERT head is pooler "
         "(CLS -> dense -> tanh) + linear, and LoRA 'dense' also wraps its pooler.\n"
         f"  dial batches by length (group_by_length={args.group_by_length}); TRL samples at "
         "random. Both train without backbone dropout; TRL runs with gradient checkpointing "
@@ -742,6 +745,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="dial's data.group_by_length (default on, dial's default)",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=("auto", "mean", "cls"),
+        default="auto",
+        help="dial's model.pooling (default auto: mean for this encoder)",
     )
     parser.add_argument(
         "--length-filter",

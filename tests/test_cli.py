@@ -453,14 +453,30 @@ def test_at_least_twenty_kinds_of_bad_input() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["train"], ["eval"], ["score"], ["data"], ["data", "convert"], ["models"]],
+    [[], ["train"], ["eval"], ["score"], ["data"], ["data", "convert"], ["models"], ["rl"],
+     ["generate"], ["rl-eval"], ["baseline-judge"], ["experiment"], ["report"]],
     ids=lambda argv: " ".join(argv) or "dial",
-)
+)  # fmt: skip
 def test_help_exits_zero(argv: list[str]) -> None:
     result = dial(*argv, "--help")
     assert result.returncode == 0, describe(result)
     assert result.stdout.startswith("usage: dial"), describe(result)
     assert result.stderr == ""
+
+
+def test_help_and_train_parsing_leave_torch_unimported() -> None:
+    """`dial --help` and parsing `dial train` options add only their own command's options, so
+    neither imports torch (seconds on a laptop)."""
+    code = (
+        "import sys\n"
+        "from dial.cli import build_parser\n"
+        "build_parser(()).parse_args(['models'])\n"
+        "build_parser({'train'}).parse_known_args(['train', '--train.max_steps', '3'])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_train_help_lists_every_option() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -226,9 +227,15 @@ def test_resume_after_a_generation_equals_an_uninterrupted_run(tmp_path: Path) -
     first = tiny_config(tmp_path, "parts", generations=1)
     train_rl(first, log=lambda *_: None)
     # The first run stopped after generation 0 (as a crash in generation 1 would leave it).
+    state = Path(first.output_dir) / "checkpoints" / "gen_00000001" / "trainer_state.json"
+    first_seconds = json.loads(state.read_text())["seconds"]
     resumed = tiny_config(tmp_path, "parts", resume=True)
+    started = time.perf_counter()
     result = train_rl(resumed, log=lambda *_: None)
+    session = time.perf_counter() - started
     assert [row["generation"] for row in result["generations"]] == [0, 1]
+    # the wall time counts the first session's generation too
+    assert 0 < first_seconds < result["wall_seconds"] <= first_seconds + session
     a = load_file(str(Path(whole.output_dir) / "final/policy/adapter_model.safetensors"))
     b = load_file(str(Path(resumed.output_dir) / "final/policy/adapter_model.safetensors"))
     assert a.keys() == b.keys()

@@ -11,7 +11,7 @@ import difflib
 import json
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from dial import __version__
@@ -20,18 +20,13 @@ from dial.errors import ConfigError, DialError, RunAborted
 from dial.release import add_release_flags, eval_arguments, release_flags_given, train_overrides
 
 
-def _train_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a reward model",
-        description=(
-            "Train a reward model. Options come from a YAML config (--config) and from "
-            "--section.field value overrides; every option is listed below with its help. "
-            "Lists are written in YAML: --data.train_files [a.jsonl,b.jsonl]."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Train a reward model. Options come from a YAML config (--config) and from "
+        "--section.field value overrides; every option is listed below with its help. "
+        "Lists are written in YAML: --data.train_files [a.jsonl,b.jsonl]."
     )
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add_config_options(parser)
     add_release_flags(parser)
     parser.set_defaults(handler=_run_train)
@@ -218,118 +213,141 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_eval(parser: argparse.ArgumentParser) -> None:
+    _add_model_data_arguments(parser)
+    parser.add_argument("-o", "--output", default=None, help="also write the metrics JSON here")
+    add_release_flags(parser)
+    parser.set_defaults(handler=_run_eval)
+
+
+def _add_score(parser: argparse.ArgumentParser) -> None:
+    _add_model_data_arguments(parser)
+    parser.add_argument("-o", "--output", required=True, help="rewards file (.jsonl or .json)")
+    parser.add_argument(
+        "--embeddings", default=None, help="also write pooled embeddings [N, C, H] to this .npy"
+    )
+    parser.set_defaults(handler=_run_score)
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    from dial.data.convert import add_convert_arguments, run_convert
+    from dial.data.tools.cli import add_data_tool_parsers
+
+    data_commands = parser.add_subparsers(dest="data_command", required=True)
+    convert = data_commands.add_parser(
+        "convert", help="convert a public data set into dial's record format"
+    )
+    add_convert_arguments(convert)
+    convert.set_defaults(handler=run_convert)
+    add_data_tool_parsers(data_commands)
+
+
+def _add_baseline_judge(parser: argparse.ArgumentParser) -> None:
+    from dial.judge.baselines import add_baseline_judge_arguments, run_baseline_judge
+
+    add_baseline_judge_arguments(parser)
+    parser.set_defaults(handler=run_baseline_judge)
+
+
+def _add_rl(parser: argparse.ArgumentParser) -> None:
+    from dial.rl.cli import add_rl_arguments
+
+    parser.description = (
+        "Train a reward model, then G generations of: sample a response per prompt, judge "
+        "it, retrain the reward model with the samples as target (--reward_da), PPO."
+    )
+    add_rl_arguments(parser)
+
+
+def _add_generate(parser: argparse.ArgumentParser) -> None:
+    from dial.rl.generation import add_generate_arguments, run_generate
+
+    parser.description = (
+        "Answer every record's prompt through the model's chat template and write the "
+        "records with their responses as JSONL, a batch at a time; a rerun resumes."
+    )
+    add_generate_arguments(parser)
+    parser.set_defaults(handler=run_generate)
+
+
+def _add_rl_eval(parser: argparse.ArgumentParser) -> None:
+    from dial.rl.evaluate import add_rl_eval_arguments, run_rl_eval
+
+    parser.description = (
+        "Answer each held-out prompt greedily, judge each answer complied or refused, and "
+        "report the accuracy against the prompt's correct action: overall, on safe prompts "
+        "(comply) and on unsafe ones (refuse)."
+    )
+    add_rl_eval_arguments(parser)
+    parser.set_defaults(handler=run_rl_eval)
+
+
+def _add_experiment(parser: argparse.ArgumentParser) -> None:
+    from dial.experiments.runner import add_experiment_arguments, run_experiment
+
+    parser.description = (
+        "Build the suite's data, train one run per (setting, method, seed) (finished runs "
+        "are skipped, killed ones resume), analyse their checkpoints, and write "
+        "results.csv, results.md and report.html."
+    )
+    add_experiment_arguments(parser)
+    parser.set_defaults(handler=run_experiment)
+
+
+def _add_report(parser: argparse.ArgumentParser) -> None:
+    from dial.experiments.report import add_report_arguments, run_report
+
+    add_report_arguments(parser)
+    parser.set_defaults(handler=run_report)
+
+
+def _add_models(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(handler=_run_models)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train a reward model", _add_train),
+    "eval": ("metrics of a reward model on labelled data (JSON)", _add_eval),
+    "score": ("per-example rewards (JSONL) and pooled embeddings (.npy) for analysis", _add_score),
+    "data": ("data tools", _add_data),
+    "baseline-judge": (
+        "prompting baselines: an LLM judges the evaluation data (same metrics as eval)",
+        _add_baseline_judge,
+    ),
+    "rl": ("RLHF: PPO against a reward model retrained on the policy's samples (DIAL)", _add_rl),
+    "generate": (
+        "batch inference with a model's chat template (and a LoRA adapter), to JSONL",
+        _add_generate,
+    ),
+    "rl-eval": (
+        "a policy's greedy answers to held-out prompts, judged: comply/refuse accuracy",
+        _add_rl_eval,
+    ),
+    "experiment": (
+        "a suite's settings x methods x seeds: resumable runs, results tables, report",
+        _add_experiment,
+    ),
+    "report": (
+        "rebuild an experiment's results.* and report.html from its run folders",
+        _add_report,
+    ),
+    "models": ("list the registered offline models", _add_models),
+}
+
+
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``dial`` parser. Every command is listed; only those in ``commands`` (default: all)
+    get their options, so that ``dial --help`` and one command's parsing do not import the
+    others' modules (torch, transformers)."""
     parser = argparse.ArgumentParser(
         prog="dial", description="Domain-invariant reward models for aligning language models."
     )
     parser.add_argument("--version", action="version", version=f"dial {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    _train_parser(subparsers)
-
-    evaluate = subparsers.add_parser(
-        "eval", help="metrics of a reward model on labelled data (JSON)", allow_abbrev=False
-    )
-    _add_model_data_arguments(evaluate)
-    evaluate.add_argument("-o", "--output", default=None, help="also write the metrics JSON here")
-    add_release_flags(evaluate)
-    evaluate.set_defaults(handler=_run_eval)
-
-    score = subparsers.add_parser(
-        "score", help="per-example rewards (JSONL) and pooled embeddings (.npy) for analysis"
-    )
-    _add_model_data_arguments(score)
-    score.add_argument("-o", "--output", required=True, help="rewards file (.jsonl or .json)")
-    score.add_argument(
-        "--embeddings", default=None, help="also write pooled embeddings [N, C, H] to this .npy"
-    )
-    score.set_defaults(handler=_run_score)
-
-    data = subparsers.add_parser("data", help="data tools")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    convert = data_commands.add_parser(
-        "convert", help="convert a public data set into dial's record format"
-    )
-    from dial.data.convert import add_convert_arguments, run_convert
-
-    add_convert_arguments(convert)
-    convert.set_defaults(handler=run_convert)
-    from dial.data.tools.cli import add_data_tool_parsers
-
-    add_data_tool_parsers(data_commands)
-
-    baseline = subparsers.add_parser(
-        "baseline-judge",
-        help="prompting baselines: an LLM judges the evaluation data (same metrics as eval)",
-        allow_abbrev=False,
-    )
-    from dial.judge.baselines import add_baseline_judge_arguments, run_baseline_judge
-
-    add_baseline_judge_arguments(baseline)
-    baseline.set_defaults(handler=run_baseline_judge)
-
-    rl = subparsers.add_parser(
-        "rl",
-        help="RLHF: PPO against a reward model retrained on the policy's samples (DIAL)",
-        description=(
-            "Train a reward model, then G generations of: sample a response per prompt, judge "
-            "it, retrain the reward model with the samples as target (--reward_da), PPO."
-        ),
-        allow_abbrev=False,
-    )
-    from dial.rl.cli import add_rl_arguments
-
-    add_rl_arguments(rl)
-
-    from dial.rl.evaluate import add_rl_eval_arguments, run_rl_eval
-    from dial.rl.generation import add_generate_arguments, run_generate
-
-    generate = subparsers.add_parser(
-        "generate",
-        help="batch inference with a model's chat template (and a LoRA adapter), to JSONL",
-        description=(
-            "Answer every record's prompt through the model's chat template and write the "
-            "records with their responses as JSONL, a batch at a time; a rerun resumes."
-        ),
-        allow_abbrev=False,
-    )
-    add_generate_arguments(generate)
-    generate.set_defaults(handler=run_generate)
-    rl_eval = subparsers.add_parser(
-        "rl-eval",
-        help="a policy's greedy answers to held-out prompts, judged: comply/refuse accuracy",
-        description=(
-            "Answer each held-out prompt greedily, judge each answer complied or refused, and "
-            "report the accuracy against the prompt's correct action: overall, on safe prompts "
-            "(comply) and on unsafe ones (refuse)."
-        ),
-        allow_abbrev=False,
-    )
-    add_rl_eval_arguments(rl_eval)
-    rl_eval.set_defaults(handler=run_rl_eval)
-
-    from dial.experiments.report import add_report_arguments, run_report
-    from dial.experiments.runner import add_experiment_arguments, run_experiment
-
-    experiment = subparsers.add_parser(
-        "experiment",
-        help="a suite's settings x methods x seeds: resumable runs, results tables, report",
-        description=(
-            "Build the suite's data, train one run per (setting, method, seed) (finished runs "
-            "are skipped, killed ones resume), analyse their checkpoints, and write "
-            "results.csv, results.md and report.html."
-        ),
-        allow_abbrev=False,
-    )
-    add_experiment_arguments(experiment)
-    experiment.set_defaults(handler=run_experiment)
-    report = subparsers.add_parser(
-        "report", help="rebuild an experiment's results.* and report.html from its run folders"
-    )
-    add_report_arguments(report)
-    report.set_defaults(handler=run_report)
-
-    models = subparsers.add_parser("models", help="list the registered offline models")
-    models.set_defaults(handler=_run_models)
+    for name, (help_text, add_options) in COMMANDS.items():
+        command = subparsers.add_parser(name, help=help_text, allow_abbrev=False)
+        if commands is None or name in commands:
+            add_options(command)
     return parser
 
 
@@ -351,8 +369,10 @@ def _report(command: str, exc: BaseException) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    named = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser({named} if named in COMMANDS else ())
+    args, extra = parser.parse_known_args(arguments)
     command = args.command
     if command == "data":
         command = f"data {args.data_command}"

@@ -84,6 +84,7 @@ class RLState:
     reward_folder: str = ""  # relative to the run folder
     history: list[dict[str, Any]] = field(default_factory=list)
     initial_eval: dict[str, float] | None = None  # the policy before PPO, on the held-out prompts
+    seconds: float = 0.0  # wall time up to this checkpoint, summed over resumed sessions
 
 
 @dataclass
@@ -268,7 +269,7 @@ class RLRun:
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
         config = self.config
-        started = time.perf_counter()
+        started = time.perf_counter() - self.state.seconds  # a resumed run keeps counting
         if not self.state.reward_folder:
             if self.eval_prompts is not None:
                 self.state.initial_eval = self.evaluate(self.eval_prompts)
@@ -278,8 +279,9 @@ class RLRun:
             row = self._generation(generation)
             self.state.history.append(row)
             self.state.generations_done = generation + 1
+            self.state.seconds = time.perf_counter() - started
             self._save_checkpoint()
-        return self._finish(time.perf_counter() - started)
+        return self._finish(started)
 
     def _generation(self, generation: int) -> dict[str, Any]:
         config = self.config
@@ -473,19 +475,21 @@ class RLRun:
         self.print(f"resumed after generation {self.state.generations_done - 1} from {folder}")
 
     # ------------------------------------------------------------------ the end
-    def _finish(self, seconds: float) -> dict[str, Any]:
+    def _finish(self, started: float) -> dict[str, Any]:
+        """Save the policy and write final_metrics.json; ``wall_seconds`` counts from
+        ``started`` (moved back by the time earlier sessions of a resumed run took)."""
         final = self.root / "final"
         self.policy.save_pretrained(final / "policy", safe_serialization=True)
         self.tokenizer.save_pretrained(final / "policy")
         result: dict[str, Any] = {
             "generations": self.state.history,
             "reward_model": str(self.root / self.state.reward_folder),
-            "wall_seconds": seconds,
         }
         if self.eval_prompts is not None:
             result["eval_before"] = self.state.initial_eval
             result["eval"] = self.evaluate(self.eval_prompts)
             self.print(f"held-out judged accuracy: {json.dumps(result['eval'])}")
+        result["wall_seconds"] = time.perf_counter() - started
         (self.root / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         return result
 
