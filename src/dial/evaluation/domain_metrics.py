@@ -7,8 +7,75 @@ forgetting: only the first lowers it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class DomainClassifier:
+    """A linear logistic domain classifier on standardised features."""
+
+    weights: np.ndarray
+    bias: float
+    mean: np.ndarray
+    std: np.ndarray
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Log-odds of "target" for each row: ``((x − mean) / std) · weights + bias``."""
+        x = (np.asarray(features, dtype=np.float64) - self.mean) / self.std
+        return x @ self.weights + self.bias
+
+
+def fit_domain_classifier(
+    source: np.ndarray,
+    target: np.ndarray,
+    *,
+    l2: float,
+    balanced: bool,
+    steps: int = 300,
+) -> DomainClassifier:
+    """Logistic regression of "target" (1) against "source" (0), in float64.
+
+    Features are standardised with the statistics of all given rows; from zero weights, Adam
+    (lr 0.05, full batch, ``steps`` steps) minimises the weighted cross-entropy plus
+    ``l2 · ‖w‖²``. ``balanced``: each domain carries half of the loss whatever its size (for
+    the balanced accuracy); otherwise every row weighs the same, so the log-odds carry the
+    prior ``log(n_t / n_s)`` (which a density ratio then removes).
+    """
+    s = torch.as_tensor(np.asarray(source), dtype=torch.float64)
+    t = torch.as_tensor(np.asarray(target), dtype=torch.float64)
+    features = torch.cat([s, t])
+    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
+    x = (features - mean) / std
+    y = torch.cat([torch.zeros(len(s)), torch.ones(len(t))]).double()
+    if balanced:
+        row_weights = torch.cat(
+            [torch.full((len(s),), 0.5 / len(s)), torch.full((len(t),), 0.5 / len(t))]
+        )
+    else:
+        row_weights = torch.full((len(features),), 1.0 / len(features))
+    linear = torch.nn.Linear(x.shape[1], 1).double()
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=0.05)
+    with torch.enable_grad():
+        for _ in range(steps):
+            logits = linear(x).squeeze(-1)
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, y, reduction="none"
+            )
+            loss = (row_weights * losses).sum() + l2 * linear.weight.pow(2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return DomainClassifier(
+        weights=linear.weight.detach().numpy()[0],
+        bias=float(linear.bias.detach()),
+        mean=mean.numpy(),
+        std=std.numpy(),
+    )
 
 
 def domain_classifier_accuracy(
@@ -16,41 +83,20 @@ def domain_classifier_accuracy(
 ) -> float:
     """Balanced held-out accuracy of a logistic-regression domain classifier.
 
-    Each domain is split in halves at random (seeded); the classifier is fitted on the first
-    halves (features standardised with their statistics, L2 penalty 1e-3, Adam) and scored on
-    the second: ``0.5 · (P[source predicted source] + P[target predicted target])``.
+    Each domain is split in halves at random (seeded); a balanced classifier
+    (:func:`fit_domain_classifier`, L2 penalty 1e-3) is fitted on the first halves and scored on
+    the second: ``0.5 · (P[source predicted source] + P[target predicted target])``, a log-odds
+    of exactly 0 counting as "source".
     """
-    generator = torch.Generator().manual_seed(seed)
-    s = torch.as_tensor(np.asarray(source), dtype=torch.float32)
-    t = torch.as_tensor(np.asarray(target), dtype=torch.float32)
-    if s.shape[0] < 4 or t.shape[0] < 4:
+    source, target = np.asarray(source), np.asarray(target)
+    if source.shape[0] < 4 or target.shape[0] < 4:
         raise ValueError("a domain classifier needs at least 4 embeddings of each domain")
-    s = s[torch.randperm(s.shape[0], generator=generator)]
-    t = t[torch.randperm(t.shape[0], generator=generator)]
-    s_fit, s_test = s[: s.shape[0] // 2], s[s.shape[0] // 2 :]
-    t_fit, t_test = t[: t.shape[0] // 2], t[t.shape[0] // 2 :]
-    features = torch.cat([s_fit, t_fit])
-    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
-    x = (features - mean) / std
-    y = torch.cat([torch.ones(len(s_fit)), torch.zeros(len(t_fit))])
-    weights = torch.cat(
-        [torch.full((len(s_fit),), 0.5 / len(s_fit)), torch.full((len(t_fit),), 0.5 / len(t_fit))]
-    )
-    linear = torch.nn.Linear(x.shape[1], 1)
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=0.05)
-    with torch.enable_grad():
-        for _ in range(steps):
-            logits = linear(x).squeeze(-1)
-            loss = (
-                weights
-                * torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-            ).sum() + 1e-3 * linear.weight.pow(2).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    with torch.no_grad():
-        source_right = (linear((s_test - mean) / std).squeeze(-1) > 0).float().mean()
-        target_right = (linear((t_test - mean) / std).squeeze(-1) <= 0).float().mean()
-    return float(0.5 * (source_right + target_right))
+    generator = torch.Generator().manual_seed(seed)
+    s = source[torch.randperm(source.shape[0], generator=generator).numpy()]
+    t = target[torch.randperm(target.shape[0], generator=generator).numpy()]
+    s_fit, s_test = s[: len(s) // 2], s[len(s) // 2 :]
+    t_fit, t_test = t[: len(t) // 2], t[len(t) // 2 :]
+    classifier = fit_domain_classifier(s_fit, t_fit, l2=1e-3, balanced=True, steps=steps)
+    source_right = float((classifier.logits(s_test) <= 0).mean())
+    target_right = float((classifier.logits(t_test) > 0).mean())
+    return 0.5 * (source_right + target_right)

@@ -143,7 +143,6 @@ class CheckpointAnalysis:
                     source.embeddings.mean(axis=1),
                     target.embeddings.mean(axis=1),
                     validation.embeddings.mean(axis=1),
-                    seed=seed,
                 )
                 row["dev"] = _finite(dev_risk(losses, weights))
                 row["dev_effective_size"] = effective_sample_size(weights)

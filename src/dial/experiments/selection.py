@@ -35,7 +35,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import torch
+
+from dial.evaluation.domain_metrics import fit_domain_classifier
 
 CRITERIA = ("source_loss", "critic_w", "dev")
 
@@ -80,67 +81,18 @@ def density_ratio_from_logits(logits: np.ndarray, n_source: int, n_target: int) 
     return (n_source / n_target) * np.exp(np.asarray(logits, dtype=np.float64))
 
 
-def fit_domain_classifier(
-    source: np.ndarray,
-    target: np.ndarray,
-    *,
-    l2: float = 1e-2,
-    steps: int = 300,
-    seed: int = 0,
-) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Logistic regression of "target" against "source" on standardised features.
-
-    Minimises the mean cross-entropy over all ``n_s + n_t`` rows (no class reweighting, so
-    the fitted log-odds carry the prior ``log(n_t / n_s)`` that :func:`density_ratio_from_logits`
-    removes) plus ``l2 · ‖w‖²``, with Adam. Returns ``(weights, bias, mean, std)``; the log-odds
-    of a row ``x`` is ``((x − mean) / std) · weights + bias``.
-    """
-    torch.manual_seed(seed)
-    features = torch.as_tensor(np.concatenate([source, target]), dtype=torch.float64)
-    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
-    x = (features - mean) / std
-    y = torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).double()
-    linear = torch.nn.Linear(x.shape[1], 1).double()
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    optimizer = torch.optim.Adam(linear.parameters(), lr=0.05)
-    with torch.enable_grad():
-        for _ in range(steps):
-            logits = linear(x).squeeze(-1)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
-            loss = loss + l2 * linear.weight.pow(2).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return (
-        linear.weight.detach().numpy()[0],
-        float(linear.bias.detach()),
-        mean.numpy(),
-        std.numpy(),
-    )
-
-
-def classifier_logits(
-    features: np.ndarray, classifier: tuple[np.ndarray, float, np.ndarray, np.ndarray]
-) -> np.ndarray:
-    """Log-odds of "target" for each row of ``features``."""
-    weights, bias, mean, std = classifier
-    return ((np.asarray(features, dtype=np.float64) - mean) / std) @ weights + bias
-
-
 def density_ratio(
     source_fit: np.ndarray,
     target_fit: np.ndarray,
     source_validation: np.ndarray,
     *,
     l2: float = 1e-2,
-    seed: int = 0,
 ) -> np.ndarray:
     """``w(x) = p_t(x) / p_s(x)`` at the source validation features, from a logistic domain
-    classifier fitted on ``source_fit`` against ``target_fit`` (see the module doc; ``l2``
-    keeps the weights finite when the domains are separable)."""
-    classifier = fit_domain_classifier(source_fit, target_fit, l2=l2, seed=seed)
-    logits = classifier_logits(source_validation, classifier)
+    classifier fitted on ``source_fit`` against ``target_fit``, every row weighing the same (see
+    the module doc; ``l2`` keeps the weights finite when the domains are separable)."""
+    classifier = fit_domain_classifier(source_fit, target_fit, l2=l2, balanced=False)
+    logits = classifier.logits(source_validation)
     return density_ratio_from_logits(logits, len(source_fit), len(target_fit))
 
 
