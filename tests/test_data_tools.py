@@ -439,6 +439,28 @@ def test_odd_one_out_files_load_as_mcq(tmp_path: Path) -> None:
     assert all(r in FOOD_CATEGORIES["fruits"] for e in examples for r in e.responses[1:])
 
 
+def test_odd_one_out_keeps_a_held_out_category_out_of_the_source(tmp_path: Path) -> None:
+    """--odd-from without the target category: its words appear in no source question."""
+    source = ("desserts", "fruits", "vegetables", "sauces")
+    code = main(
+        [
+            *("data", "odd-one-out", "--output-dir", str(tmp_path), "--sizes", "40", "5", "5"),
+            *("--categories", ",".join(source), "--odd-from", ",".join(source)),
+        ]
+    )
+    assert code == 0
+    snacks = set(FOOD_CATEGORIES["snacks"])
+    for category in source:
+        records = json.loads((tmp_path / f"{category}_sub_out_train.json").read_text())
+        assert len(records) == 40
+        assert {r["odd_category"] for r in records} <= set(source) - {category}
+        assert not any(r[f] in snacks for r in records for f in ("correct", *WRONG_FIELDS))
+    with pytest.raises(ConfigError, match="unknown category crisps"):
+        build_odd_one_out(OddOneOutConfig(odd_from=("fruits", "crisps")))
+    with pytest.raises(ConfigError, match="fruits: no other category"):
+        build_odd_one_out(OddOneOutConfig(categories=("fruits",), odd_from=("fruits",)))
+
+
 def test_odd_one_out_errors(tmp_path: Path) -> None:
     overlapping = tmp_path / "lists.json"
     overlapping.write_text(json.dumps({"a": ["x", "y"], "b": ["z", "X"]}))

@@ -38,6 +38,13 @@ class OddOneOutConfig:
     categories: tuple[str, ...] | None = field(
         default=None, metadata={"help": "Categories to build files for (default: all)."}
     )
+    odd_from: tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "Categories the odd item is drawn from (default: every other one). Leave a "
+            "held-out target category out, so that its words never appear in source questions."
+        },
+    )
     sizes: tuple[int, ...] = field(
         default=(1000, 200, 200), metadata={"help": "Questions per category in train, val, test."}
     )
@@ -131,7 +138,9 @@ def build_questions(
         ConfigError: a pool has fewer than four words, or fewer distinct questions exist.
     """
     majority_pool = list(pools[category][split])
-    others = [c for c in pools if c != category and pools[c][split]]
+    others = [c for c in config.odd_from or pools if c != category and pools[c][split]]
+    if not others:
+        raise ConfigError(f"{category}: no other category to draw its odd items from")
     possible = math.comb(len(majority_pool), len(WRONG_FIELDS)) * sum(
         len(pools[c][split]) for c in others
     )
@@ -180,7 +189,7 @@ def build_odd_one_out(
     if len(lists) < 2:
         raise ConfigError("odd one out needs at least two categories")
     categories = config.categories or tuple(lists)
-    unknown = [c for c in categories if c not in lists]
+    unknown = [c for c in (*categories, *(config.odd_from or ())) if c not in lists]
     if unknown:
         raise ConfigError(
             f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
