@@ -45,7 +45,8 @@ Known differences between the two set-ups (kept on purpose, and printed with the
       ``max_length - 1`` tokens (the start of the prompt goes, as in dial).
     - Batching: both pad each batch dynamically to its longest sequence and run chosen and
       rejected sequences in one forward pass of 2 x batch rows; dial groups pairs of similar
-      length (``data.group_by_length``, its default; ``--no-group-by-length`` turns it off),
+      length (``data.group_by_length``, its default; ``--no-group-by-length`` turns it off;
+      ``--length-group-batches`` sets how many batches each length-sorted group holds),
       TRL samples batches at random.
     - Dropout: both turn the backbone's dropout off while training (dial's
       ``model.disable_dropout`` and TRL's ``disable_dropout``, each trainer's default); LoRA
@@ -326,6 +327,7 @@ def run_dial(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "eval_files": [args.heldout_file],
                 "max_length": args.max_length,
                 "group_by_length": args.group_by_length,
+                "length_group_batches": args.length_group_batches,
             },
             "train": {
                 "batch_size": args.batch_size,
@@ -585,6 +587,7 @@ def run_worker(
         "--learning-rate", str(args.learning_rate),
         "--seed", str(seed),
         "--group-by-length" if args.group_by_length else "--no-group-by-length",
+        "--length-group-batches", str(args.length_group_batches),
         "--pooling", args.pooling,
     ]  # fmt: skip
     started = time.perf_counter()
@@ -711,7 +714,8 @@ def print_report(
         f"  dial pools with model.pooling={args.pooling} (auto: mean) into a linear head; "
         "TRL's BERT head is pooler "
         "(CLS -> dense -> tanh) + linear, and LoRA 'dense' also wraps its pooler.\n"
-        f"  dial batches by length (group_by_length={args.group_by_length}); TRL samples at "
+        f"  dial batches by length (group_by_length={args.group_by_length}, groups of "
+        f"{args.length_group_batches} batches); TRL samples at "
         "random. Both train without backbone dropout; TRL runs with gradient checkpointing "
         "off, float32, adamw_torch."
     )
@@ -745,6 +749,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="dial's data.group_by_length (default on, dial's default)",
+    )
+    parser.add_argument(
+        "--length-group-batches",
+        type=int,
+        default=50,
+        help="dial's data.length_group_batches: batches per length-sorted group (default 50)",
     )
     parser.add_argument(
         "--pooling",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from dial.data.datasets import split_heldout
@@ -186,14 +187,22 @@ def test_encoding_counts_truncations_and_keeps_response_end(bert_tokenizer) -> N
 
 def test_plan_batches_is_deterministic_and_complete() -> None:
     lengths = [(i * 37) % 101 for i in range(1000)]
-    first = plan_batches(lengths, 8, shuffle=True, seed=3, epoch=1, group_by_length=True)
-    assert first == plan_batches(lengths, 8, shuffle=True, seed=3, epoch=1, group_by_length=True)
-    assert first != plan_batches(lengths, 8, shuffle=True, seed=3, epoch=2, group_by_length=True)
+    first = plan_batches(lengths, 8, shuffle=True, seed=3, epoch=1, length_group=50)
+    assert first == plan_batches(lengths, 8, shuffle=True, seed=3, epoch=1, length_group=50)
+    assert first != plan_batches(lengths, 8, shuffle=True, seed=3, epoch=2, length_group=50)
     assert sorted(i for batch in first for i in batch) == list(range(1000))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first)
     plain = plan_batches(lengths, 8, shuffle=True, seed=3, epoch=1)
     plain_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain)
     assert spread < plain_spread / 5
+    small = plan_batches(lengths, 8, shuffle=True, seed=3, epoch=1, length_group=4)
+    assert sorted(i for batch in small for i in batch) == list(range(1000))
+    small_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in small)
+    assert spread < small_spread < plain_spread
+    # a group of 4 batches holds 32 examples: every batch comes from one such block of the order
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(3 * 100_003 + 1)).tolist()
+    blocks = [set(order[i : i + 32]) for i in range(0, 1000, 32)]
+    assert all(any(set(batch) <= block for block in blocks) for batch in small)
 
 
 def test_collate_pads_response_major_on_either_side() -> None:

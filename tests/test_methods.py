@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from dial.config import load_config
 from dial.data.pairing import plan_paired_epoch
+from dial.data.tokenize import model_inputs
+from dial.errors import ConfigError
 from dial.training import checkpoint as ckpt
 from dial.training.trainer import TrainingRun, train
 
@@ -253,3 +255,35 @@ def test_domain_methods_on_every_task(tmp_path: Path, task: str, method: str) ->
     )  # fmt: skip
     final = train(config, log=lambda *_: None)
     assert final["global_step"] == 2 and "domain" in final["eval"]
+
+
+def test_embedding_layer_feeds_the_domain_loss_from_that_layer(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "dial",
+        **{"train.max_steps": 2, "train.eval_steps": 2, "domain.embedding_layer": 1},
+    )
+    run = TrainingRun(config, log=lambda *_: None)
+    run.setup()
+    source, target = run._epoch_windows(0)[0][0]
+    layer = config.domain.embedding_layer
+    embeddings = [
+        run.model(**model_inputs(run._batch(data, indices)), embedding_layer=layer).embeddings
+        for data, indices in ((run.train_data, source), (run.target_data, target))
+    ]
+    run.domain_loss(*embeddings).loss.backward()
+    grads = {n: p.grad for n, p in run.model.named_parameters() if p.requires_grad}
+    # layer 1's output depends on the first encoder layer only: the second and the head get none
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "layer.0." in n)
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if "layer.1." in n)
+    assert all(g is None for n, g in grads.items() if n.startswith("head."))
+    run.model.zero_grad()
+    final = run.train()
+    run.cleanup()
+    assert "critic_wasserstein" in final["eval"]["domain"]
+
+
+def test_an_embedding_layer_the_backbone_lacks_is_a_clear_error(tmp_path: Path) -> None:
+    config = _config(tmp_path, "dial", **{"domain.embedding_layer": 3})
+    with pytest.raises(ConfigError, match=r"domain.embedding_layer = 3: .* hidden states 0\.\.2"):
+        train(config, log=lambda *_: None)

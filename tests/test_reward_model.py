@@ -104,3 +104,28 @@ def test_backbone_dropout_is_off_unless_asked() -> None:
     assert off._base().config.attention_probs_dropout_prob == 0.0
     assert off._base().config.hidden_dropout_prob == 0.0
     assert on._base().config.attention_probs_dropout_prob > 0.0
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+def test_embedding_layer_pools_that_layer_and_leaves_the_rewards(name: str) -> None:
+    torch.manual_seed(2)
+    model, tokenizer = build_reward_model(ModelConfig(name=name, use_lora=False))
+    model.eval()
+    fmt = sequence_format(tokenizer, model.spec.architecture)
+    inputs = model_inputs(collate(encode_examples(EXAMPLES, tokenizer, fmt, 64).examples, fmt))
+    with torch.no_grad():
+        plain = model(**inputs)
+        hidden = model.backbone(
+            **{k: v for k, v in inputs.items() if k != "token_type_ids" or v is not None},
+            output_hidden_states=True,
+        ).hidden_states
+        for layer in (0, 1, -1):
+            output = model(**inputs, embedding_layer=layer)
+            assert torch.equal(output.rewards, plain.rewards)
+            by_hand = pool(hidden[layer], inputs["attention_mask"], model.spec.pooling)
+            assert torch.allclose(output.embeddings, by_hand, atol=1e-5)
+    assert len(hidden) == model.num_layers + 1 == 3
+    assert torch.allclose(
+        model(**inputs, embedding_layer=-1).embeddings, plain.embeddings, atol=1e-5
+    )
+    assert not torch.allclose(model(**inputs, embedding_layer=1).embeddings, plain.embeddings)

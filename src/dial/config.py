@@ -127,6 +127,7 @@ class DataConfig:
         "eval_split": below_one(" (0: no held-out set)"),
         "target_eval_split": below_one(" (0: no held-out set)"),
         "target_batch_size": at_least(1),
+        "length_group_batches": at_least(1),
     }
 
     task: str = option(
@@ -158,6 +159,11 @@ class DataConfig:
     )
     group_by_length: bool = option(
         True, "Batch texts of similar length together (less padding, faster)."
+    )
+    length_group_batches: int = option(
+        50,
+        "With group_by_length: sort random groups of this many batches by length before "
+        "cutting them into batches (fewer: more random batches, more padding).",
     )
     target_files: list[str] = option(
         [],
@@ -330,6 +336,12 @@ class DomainConfig:
     mmd_kernel_mul: float = option(2.0, "MMD: ratio between consecutive kernel bandwidths.")
     mmd_bandwidth: float | None = option(
         None, "MMD: the base bandwidth (null: the mean squared distance of each batch)."
+    )
+    embedding_layer: int | None = option(
+        None,
+        "Which embeddings the domain loss aligns and the domain metrics measure: null for the "
+        "reward head's input, or a hidden layer pooled the same way (0: token embeddings, "
+        "1..L: the layers, negative: counted from the end).",
     )
     eval_samples: int = option(
         256,

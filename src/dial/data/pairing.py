@@ -31,7 +31,7 @@ def _stream(
     seed: int,
     epoch: int,
     shuffle: bool,
-    group_by_length: bool,
+    length_group: int,
 ) -> list[list[int]]:
     """`count` batches from consecutive passes over the data, a new order every pass."""
     batches: list[list[int]] = []
@@ -43,7 +43,7 @@ def _stream(
             shuffle=shuffle,
             seed=seed,
             epoch=epoch * 1000 + passes,
-            group_by_length=group_by_length,
+            length_group=length_group,
         )
         passes += 1
     return batches[:count]
@@ -59,7 +59,7 @@ def plan_paired_epoch(
     seed: int,
     epoch: int,
     shuffle_target: bool = True,
-    group_by_length: bool = False,
+    length_group: int = 0,
 ) -> list[tuple[list[int], list[int]]]:
     """The (source batch, target batch) pairs of one epoch."""
     if pairing not in PAIRINGS:
@@ -74,7 +74,7 @@ def plan_paired_epoch(
         seed=seed,
         epoch=epoch,
         shuffle=True,
-        group_by_length=group_by_length,
+        length_group=length_group,
     )
     target = _stream(
         target_lengths,
@@ -83,6 +83,6 @@ def plan_paired_epoch(
         seed=seed + 7919,
         epoch=epoch if shuffle_target else 0,
         shuffle=shuffle_target,
-        group_by_length=group_by_length,
+        length_group=length_group,
     )
     return list(zip(source, target, strict=True))

@@ -160,14 +160,14 @@ def plan_batches(
     shuffle: bool,
     seed: int = 0,
     epoch: int = 0,
-    group_by_length: bool = False,
+    length_group: int = 0,
 ) -> list[list[int]]:
     """The order of one epoch as a list of batches of example indices.
 
     The order is a pure function of (seed, epoch), so a resumed run replays it exactly. With
-    `group_by_length`, random mega-batches of 50 batches are sorted by length before they are
-    cut into batches, and the batches are shuffled: batches hold texts of similar length (less
-    padding) while the order stays random.
+    `length_group` > 0, random groups of that many batches are sorted by length before they
+    are cut into batches, and the batches are shuffled: batches hold texts of similar length
+    (less padding) while the order stays random; smaller groups give more random batches.
     """
     n = len(lengths)
     if not shuffle:
@@ -175,9 +175,9 @@ def plan_batches(
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
-    if not group_by_length:
+    if length_group <= 0:
         return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    mega = batch_size * 50
+    mega = batch_size * length_group
     batches = []
     for start in range(0, n, mega):
         chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])

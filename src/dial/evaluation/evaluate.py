@@ -45,8 +45,10 @@ def predict(
     padding_side: str = "right",
     device: torch.device | str = "cpu",
     with_embeddings: bool = False,
+    embedding_layer: int | None = None,
 ) -> Predictions:
-    """Rewards of every sequence, batched by length (little padding), returned in data order."""
+    """Rewards of every sequence, batched by length (little padding), returned in data order;
+    with `with_embeddings` also their embeddings (of `embedding_layer`, see RewardModel)."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(data)), key=lambda i: data.examples[i].length, reverse=True)
@@ -56,7 +58,10 @@ def predict(
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         batch = model_inputs(collate([data.examples[i] for i in indices], fmt, padding_side))
-        batch_rewards, batch_embeddings, _ = model(**{k: v.to(device) for k, v in batch.items()})
+        batch_rewards, batch_embeddings, _ = model(
+            **{k: v.to(device) for k, v in batch.items()},
+            embedding_layer=embedding_layer if with_embeddings else None,
+        )
         # response-major rows -> [B, C, ...]
         batch_rewards = batch_rewards.float().reshape(n_responses, len(indices), -1).transpose(0, 1)
         for row, index in enumerate(indices):

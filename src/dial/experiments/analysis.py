@@ -99,6 +99,7 @@ class CheckpointAnalysis:
             padding_side=self.config.model.padding_side,
             device=self.device,
             with_embeddings=embeddings,
+            embedding_layer=self.config.domain.embedding_layer,
         )
 
     def measure(self, folder: Path) -> dict[str, Any]:

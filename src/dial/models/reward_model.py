@@ -72,8 +72,9 @@ class RewardModelSpec:
 
 
 class RewardOutput(NamedTuple):
-    """Rewards ([N], or [N, num_labels]), pooled embeddings [N, H] (float32), and the mean
-    next-token NLL over the positions given ``lm_labels`` (None without them)."""
+    """Rewards ([N], or [N, num_labels]), pooled embeddings [N, H] (float32; the head's input,
+    or the pooled hidden states of the layer asked for), and the mean next-token NLL over the
+    positions given ``lm_labels`` (None without them)."""
 
     rewards: torch.Tensor
     embeddings: torch.Tensor
@@ -113,22 +114,44 @@ class RewardModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         lm_labels: torch.Tensor | None = None,
+        embedding_layer: int | None = None,
     ) -> RewardOutput:
         """Score every sequence; with `lm_labels` (-100 where no token is predicted) also the
-        next-token loss, computed on the rows that have labels only."""
+        next-token loss, computed on the rows that have labels only. The embeddings are the
+        head's input, or with `embedding_layer` the same pooling of that layer's hidden states
+        (0: the token embeddings, L: the last layer, negative: counted from the end)."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         if self._takes_position_ids:
             # Count positions from the first real token, so left padding changes nothing.
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self._trunk()(**kwargs).last_hidden_state
-        embeddings = pool(hidden, attention_mask, self.spec.pooling).float()
-        rewards = self.head(embeddings)
+        outputs = self._trunk()(**kwargs, output_hidden_states=embedding_layer is not None)
+        hidden = outputs.last_hidden_state
+        head_input = pool(hidden, attention_mask, self.spec.pooling).float()
+        rewards = self.head(head_input)
         if self.spec.num_labels == 1:
             rewards = rewards.squeeze(-1)
+        embeddings = head_input
+        if embedding_layer is not None:
+            layer = outputs.hidden_states[embedding_layer]
+            embeddings = pool(layer, attention_mask, self.spec.pooling).float()
         lm_loss = None if lm_labels is None else self._lm_loss(hidden, lm_labels)
         return RewardOutput(rewards, embeddings, lm_loss)
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers of the backbone (hidden states 0..num_layers)."""
+        return self._base().config.num_hidden_layers
+
+    def check_embedding_layer(self, layer: int | None, option: str) -> None:
+        """Raise ConfigError unless `layer` names one of the backbone's hidden states."""
+        n = self.num_layers
+        if layer is not None and not -(n + 1) <= layer <= n:
+            raise ConfigError(
+                f"{option} = {layer}: this backbone has hidden states 0..{n} "
+                f"(or -{n + 1}..-1 from the end)"
+            )
 
     def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean NLL of token t+1 given tokens ..t over the labelled positions."""

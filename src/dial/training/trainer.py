@@ -108,6 +108,7 @@ class TrainingRun:
             raise ConfigError(f"method {self.method} needs target data (data.target_files)")
         set_seed(config.train.seed)
         model, self.tokenizer = build_reward_model(config.model, lm_head=self.method in LM_METHODS)
+        model.check_embedding_layer(config.domain.embedding_layer, "domain.embedding_layer")
         if config.model.init_from is not None:
             model.init_from(config.model.init_from)
         self.fmt = sequence_format(self.tokenizer, model.spec.architecture)
@@ -202,6 +203,10 @@ class TrainingRun:
             min(source, target) if self.config.data.pairing == "truncate" else max(source, target)
         )
 
+    def _length_group(self) -> int:
+        data = self.config.data
+        return data.length_group_batches if data.group_by_length else 0
+
     def _target_batch_size(self) -> int:
         return self.config.data.target_batch_size or self.config.train.batch_size
 
@@ -228,7 +233,7 @@ class TrainingRun:
                     seed=train.seed,
                     epoch=epoch,
                     shuffle_target=data.shuffle_target,
-                    group_by_length=data.group_by_length,
+                    length_group=self._length_group(),
                 )
             )
         else:
@@ -238,7 +243,7 @@ class TrainingRun:
                 shuffle=True,
                 seed=train.seed,
                 epoch=epoch,
-                group_by_length=data.group_by_length,
+                length_group=self._length_group(),
             )
             pairs = [(batch, None) for batch in batches]
         mine = pairs[self.rank :: self.world][: self._pairs_per_rank()]
@@ -425,7 +430,8 @@ class TrainingRun:
         aux_weight = self.config.train.aux_weight
         batch = self._batch(self.train_data, source)
         lm_labels = self._lm_labels(batch, len(source)) if self.method == "source_sft" else None
-        output = self.model(**model_inputs(batch), lm_labels=lm_labels)
+        layer = self.config.domain.embedding_layer if self.domain_loss is not None else None
+        output = self.model(**model_inputs(batch), lm_labels=lm_labels, embedding_layer=layer)
         loss, accuracy = self._task_loss(output.rewards, batch, len(source))
         stats = {"task_loss": loss.item(), "accuracy": accuracy.item()}
         if output.lm_loss is not None:
@@ -436,7 +442,9 @@ class TrainingRun:
             target_labels = (
                 self._lm_labels(target_batch, len(target)) if self.method == "target_ntp" else None
             )
-            target_output = self.model(**model_inputs(target_batch), lm_labels=target_labels)
+            target_output = self.model(
+                **model_inputs(target_batch), lm_labels=target_labels, embedding_layer=layer
+            )
             if self.method == "oracle":
                 target_loss, target_accuracy = self._task_loss(
                     target_output.rewards, target_batch, len(target)
@@ -581,6 +589,7 @@ class TrainingRun:
                 padding_side=self.config.model.padding_side,
                 device=self.accelerator.device,
                 with_embeddings=True,
+                embedding_layer=self.config.domain.embedding_layer,
             )
             embeddings.append(predictions.embeddings.reshape(-1, model.hidden_size))
         source, target = embeddings
