@@ -16,6 +16,7 @@ from dial.data.tokenize import (
     model_inputs,
     sequence_format,
 )
+from dial.errors import ConfigError
 from dial.evaluation.evaluate import predict
 from dial.models.pooling import pool
 from dial.models.reward_model import build_reward_model, load_reward_model
@@ -129,3 +130,30 @@ def test_embedding_layer_pools_that_layer_and_leaves_the_rewards(name: str) -> N
         model(**inputs, embedding_layer=-1).embeddings, plain.embeddings, atol=1e-5
     )
     assert not torch.allclose(model(**inputs, embedding_layer=1).embeddings, plain.embeddings)
+
+
+def test_lora_layers_wraps_only_those_layers_and_survives_a_reload(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model, tokenizer = build_reward_model(ModelConfig(name="minilm", lora_r=4, lora_layers=[4, 5]))
+    lora_names = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert {n.split(".layer.")[1].split(".")[0] for n in lora_names} == {"4", "5"}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01 * torch.randn_like(parameter))
+    fmt = sequence_format(tokenizer, model.spec.architecture)
+    data = encode_examples(EXAMPLES, tokenizer, fmt, 64)
+    before = predict(model, data, fmt)
+    model.save_pretrained(tmp_path / "rm", tokenizer)
+    reloaded, _ = load_reward_model(tmp_path / "rm")
+    assert torch.equal(
+        torch.from_numpy(before.rewards), torch.from_numpy(predict(reloaded, data, fmt).rewards)
+    )
+    reloaded_lora = [n for n, _ in reloaded.named_parameters() if "lora_" in n]
+    assert {n.split(".layer.")[1].split(".")[0] for n in reloaded_lora} == {"4", "5"}
+
+
+@pytest.mark.parametrize("layers", [[6], [-1], []])
+def test_lora_layers_outside_the_backbone_are_a_clear_error(layers: list[int]) -> None:
+    with pytest.raises(ConfigError, match=r"model.lora_layers .* between 0 and 5"):
+        build_reward_model(ModelConfig(name="minilm", lora_layers=layers))

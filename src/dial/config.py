@@ -106,6 +106,11 @@ class ModelConfig:
         "Module names LoRA wraps; empty means the architecture's default (all attention and MLP "
         "projections).",
     )
+    lora_layers: list[int] | None = option(
+        None,
+        "Transformer layers (0-based) whose modules LoRA wraps, e.g. [4, 5] for the top two of "
+        "six; null: every layer.",
+    )
     precision: str = option(
         "float32",
         "Weights' dtype: float32, bfloat16 or float16 (the head stays float32).",

@@ -316,6 +316,15 @@ def _apply_lora(backbone: nn.Module, config: ModelConfig) -> tuple[nn.Module, di
         "lora_dropout": config.lora_dropout,
         "target_modules": targets,
     }
+    if config.lora_layers is not None:
+        n = backbone.config.num_hidden_layers
+        wrong = [layer for layer in config.lora_layers if not 0 <= layer < n]
+        if wrong or not config.lora_layers:
+            raise ConfigError(
+                f"model.lora_layers {config.lora_layers}: give layers between 0 and {n - 1} "
+                f"(this backbone has {n})"
+            )
+        lora["layers_to_transform"] = sorted(set(config.lora_layers))
     try:
         return get_peft_model(backbone, LoraConfig(bias="none", **lora)), lora
     except ValueError as exc:  # peft: target modules not found in the model
