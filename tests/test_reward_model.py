@@ -40,13 +40,18 @@ EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
-def test_left_and_right_padding_give_the_same_rewards(name: str) -> None:
-    torch.manual_seed(0)
+def _tiny_model(name: str, seed: int):
+    """A fully trainable tiny model in eval mode, its sequence format and EXAMPLES encoded."""
+    torch.manual_seed(seed)
     model, tokenizer = build_reward_model(ModelConfig(name=name, use_lora=False))
     model.eval()
     fmt = sequence_format(tokenizer, model.spec.architecture)
-    data = encode_examples(EXAMPLES, tokenizer, fmt, 64)
+    return model, fmt, encode_examples(EXAMPLES, tokenizer, fmt, 64)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
+def test_left_and_right_padding_give_the_same_rewards(name: str) -> None:
+    model, fmt, data = _tiny_model(name, seed=0)
     outputs = {}
     for side in ("left", "right"):
         batch = collate(data.examples, fmt, side)
@@ -109,11 +114,8 @@ def test_backbone_dropout_is_off_unless_asked() -> None:
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert"])
 def test_embedding_layer_pools_that_layer_and_leaves_the_rewards(name: str) -> None:
-    torch.manual_seed(2)
-    model, tokenizer = build_reward_model(ModelConfig(name=name, use_lora=False))
-    model.eval()
-    fmt = sequence_format(tokenizer, model.spec.architecture)
-    inputs = model_inputs(collate(encode_examples(EXAMPLES, tokenizer, fmt, 64).examples, fmt))
+    model, fmt, data = _tiny_model(name, seed=2)
+    inputs = model_inputs(collate(data.examples, fmt))
     with torch.no_grad():
         plain = model(**inputs)
         hidden = model.backbone(
