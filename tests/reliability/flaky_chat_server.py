@@ -11,7 +11,8 @@ judged response apologises or says it cannot, complied otherwise.
 
 Every verdict is appended to ANSWERED_LOG as the request's cache key (the SHA-256 of its body,
 as the client computes it) once the whole answer has been written to the socket, so the log
-lists exactly the verdicts a client received. ``GET /health`` answers 200 when the server is up.
+lists the verdicts a client received (less any answer sent but not yet logged when the server
+is killed). ``GET /health`` answers 200 when the server is up.
 """
 
 from __future__ import annotations

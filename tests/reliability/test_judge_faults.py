@@ -142,16 +142,19 @@ def test_a_server_killed_mid_run_loses_no_verdict_and_a_rerun_resumes(tmp_path: 
             judge_all(judge)
         killer.join()
     delivered = first.answered()
+    cached = len(AnswerCache(cache))
     assert 5 <= len(delivered) < N
     assert lost_verdicts(cache, first) == 0
-    assert len(AnswerCache(cache)) == len(delivered)  # nothing but what was delivered
+    # nothing but what was delivered: the server logs a verdict just after sending it, so a kill
+    # in between leaves at most one received verdict per concurrent request (2) unlogged
+    assert len(delivered) <= cached <= len(delivered) + 2
 
     with FlakyServer(tmp_path / "second", ["ok"], port=first.port) as second:
         rerun = LLMJudge(config(second.url, cache))
         assert judge_all(rerun) == EXPECTED
         assert not set(second.answered()) & set(delivered)  # asked only for the rest
-        assert len(second.answered()) == N - len(delivered)
-        assert rerun.client.stats.cached == len(delivered)
+        assert len(second.answered()) == N - cached
+        assert rerun.client.stats.cached == cached
     assert lost_verdicts(cache, first, second) == 0
 
 
