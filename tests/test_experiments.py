@@ -22,6 +22,7 @@ from dial.cli import main
 from dial.config import load_config
 from dial.data.datasets import load_task_files
 from dial.errors import ConfigError
+from dial.experiments.analysis import analyse_run
 from dial.experiments.demo_data import TASKS, generate
 from dial.experiments.experiment import Experiment
 from dial.experiments.runner import DONE, NEW, RESUME, plan
@@ -382,10 +383,8 @@ def test_experiment_writes_runs_tables_and_analysis(experiment_dir: Path) -> Non
         assert steps == [2, 4]
         final = json.loads((folder / "final_metrics.json").read_text())
         last = analysis["checkpoints"][-1]
-        # the analysis of the last checkpoint agrees with training's own final evaluation
-        assert last["target_metrics"]["accuracy"] == pytest.approx(
-            final["eval"]["target_test_c"]["accuracy"]
-        )
+        # the last checkpoint's target metrics are training's own final evaluation
+        assert last["target_metrics"] == final["eval"]["target_test_c"]
         assert ("critic_w" in last) == run["method"].startswith("dial")
         # ... and so do the domain metrics, measured on the same samples
         domain = final["eval"]["domain"]
@@ -399,6 +398,25 @@ def test_experiment_writes_runs_tables_and_analysis(experiment_dir: Path) -> Non
         assert float(run["domain_classifier_accuracy"]) >= 0.5
     markdown = (out / "results.md").read_text()
     assert "| length_baseline |" in markdown and "Domain classifier accuracy" in markdown
+
+
+def test_analysis_measured_afresh_agrees_with_the_final_evaluation_it_reuses(
+    experiment_dir: Path, tmp_path: Path
+) -> None:
+    """Without final_metrics.json the last checkpoint is evaluated on the target: same figures."""
+    run = tmp_path / "dial"
+    shutil.copytree(experiment_dir / "out/runs/cipher/dial/seed_0", run)
+    reused = json.loads((run / "analysis.json").read_text())
+    (run / "final_metrics.json").unlink()
+    fresh = analyse_run(
+        run, source_eval=reused["source_eval"], target_eval=reused["target_eval"], log=print
+    )
+    assert reused["target_eval"] == "target_test_c"
+    for measured, kept in zip(fresh["checkpoints"], reused["checkpoints"], strict=True):
+        assert measured["step"] == kept["step"]
+        for name, value in kept["target_metrics"].items():
+            assert measured["target_metrics"][name] == pytest.approx(value, abs=1e-6), name
+        assert measured["source_loss"] == pytest.approx(kept["source_loss"], abs=1e-6)
 
 
 def csv_rows(path: Path):

@@ -9,7 +9,9 @@ the run was configured with (``RUN/config.yaml``):
 - as training's evaluation computes them, on the first ``domain.eval_samples`` source and
   target training texts: a fresh domain classifier's held-out accuracy on their embeddings,
   and the critic's ``Ŵ`` (runs whose checkpoint holds a critic);
-- the target eval set's metrics, where the target has labels (never used to select).
+- the target eval set's metrics, where the target has labels (never used to select); for the
+  checkpoint of the last step these are taken from training's own final evaluation
+  (``final_metrics.json``), which measured the same weights on the same set.
 
 It writes ``RUN/analysis.json`` (per checkpoint, and the step each criterion selects) and
 ``RUN/embeddings.npz`` (the last checkpoint's source and target embeddings, for the report's
@@ -76,6 +78,16 @@ class CheckpointAnalysis:
         self.samples = self.config.domain.eval_samples
         self.device = device
         self.data: Any = None
+        self.final_target_metrics = self._final_target_metrics()
+
+    def _final_target_metrics(self) -> tuple[int, dict[str, float]] | None:
+        """(step, metrics) of the target eval set in training's final evaluation, if any."""
+        path = self.run_dir / "final_metrics.json"
+        if self.target_eval is None or not path.is_file():
+            return None
+        final = json.loads(path.read_text())
+        metrics = final.get("eval", {}).get(self.target_eval)
+        return (final["global_step"], metrics) if metrics else None
 
     def _load_data(self, tokenizer, architecture: str) -> None:
         self.fmt = sequence_format(tokenizer, architecture)
@@ -147,7 +159,9 @@ class CheckpointAnalysis:
                 )
                 row["dev"] = _finite(dev_risk(losses, weights))
                 row["dev_effective_size"] = effective_sample_size(weights)
-        if self.target_eval is not None:
+        if self.final_target_metrics is not None and self.final_target_metrics[0] == row["step"]:
+            row["target_metrics"] = self.final_target_metrics[1]
+        elif self.target_eval is not None:
             eval_set = data.evals[self.target_eval]
             predictions = self._predict(model, eval_set.data, embeddings=False)
             row["target_metrics"] = metrics_from_predictions(
