@@ -84,11 +84,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -96,16 +93,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Nothing may reach the network: set before any Hugging Face library is imported.
-for _variable in (
-    "HF_HUB_OFFLINE",
-    "HF_DATASETS_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "HF_HUB_DISABLE_TELEMETRY",
-    "TRL_EXPERIMENTAL_SILENCE",
-):
-    os.environ[_variable] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from harness import LoopMeter, fmt, force_offline, median_of, run_worker_process, worker_facts
+
+force_offline()  # before any Hugging Face library is imported
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = PROJECT_ROOT.parent / "shared" / "data" / "xstest" / "xstest_prompts.csv"
@@ -122,101 +112,42 @@ DEFAULTS = {"episodes": 64, "response_length": 48, "ppo_epochs": 4}
 # ---------------------------------------------------------------- measuring (both workers)
 
 
-def _proc_status_mb(field: str) -> float | None:
-    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-class Meter:
+class Meter(LoopMeter):
     """Wall-clock and CPU time, episodes, generation time and peak memory of one PPO loop."""
 
     def __init__(self) -> None:
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        self.started = self.ended = self.first_ended = 0.0
-        self.cpu_started = self.cpu_ended = 0.0
-        self.batches = self.episodes = self.first_episodes = 0
+        super().__init__()
+        self.episodes = self.first_episodes = 0
         self.generation_seconds = 0.0
         self.response_tokens: list[int] = []
         self.scores: list[float] = []
         self.kls: list[float] = []
-        self.rss_at_start_mb: float | None = None
-        self.loop_peak_mb: float | None = None
-        self._can_reset_rss = False
-
-    def start(self) -> None:
-        """Call where the loop begins: resets the peak-memory counters."""
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.rss_at_start_mb = _proc_status_mb("VmRSS")
-            try:  # "5" resets the peak resident set size (VmHWM) to the current one (Linux)
-                Path("/proc/self/clear_refs").write_text("5")
-                self._can_reset_rss = True
-            except OSError:
-                self._can_reset_rss = False
-        self.started = time.perf_counter()
-        self.cpu_started = time.process_time()
 
     def batch_done(self, episodes: int) -> None:
         """Call at the end of every PPO update."""
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.ended = time.perf_counter()
-        self.cpu_ended = time.process_time()
-        self.batches += 1
         self.episodes += episodes
-        if self.batches == 1:
-            self.first_ended, self.first_episodes = self.ended, self.episodes
-        if self.cuda:
-            self.loop_peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        elif self._can_reset_rss:
-            self.loop_peak_mb = _proc_status_mb("VmHWM")
+        self.tick()
+        if self.ticks == 1:
+            self.first_episodes = self.episodes
 
     def result(self) -> dict[str, Any]:
-        if self.batches == 0:
-            raise RuntimeError("the PPO loop ran no batch")
-        seconds = self.ended - self.started
-        later = self.ended - self.first_ended
+        rates = self.rates(self.episodes, self.episodes - self.first_episodes)
         return {
-            "batches": self.batches,
+            "batches": self.ticks,
             "episodes": self.episodes,
-            "loop_seconds": seconds,
-            "episodes_per_second": self.episodes / seconds,
-            "episodes_per_second_after_first_batch": (
-                (self.episodes - self.first_episodes) / later if self.batches > 1 else None
-            ),
-            "loop_cpu_seconds": self.cpu_ended - self.cpu_started,
-            "episodes_per_cpu_second": self.episodes / max(self.cpu_ended - self.cpu_started, 1e-9),
+            "loop_seconds": rates["seconds"],
+            "episodes_per_second": rates["per_second"],
+            "episodes_per_second_after_first_batch": rates["per_second_after_first"],
+            "loop_cpu_seconds": rates["cpu_seconds"],
+            "episodes_per_cpu_second": rates["per_cpu_second"],
             "generation_seconds": self.generation_seconds,
-            "generation_share": self.generation_seconds / seconds,
+            "generation_share": self.generation_seconds / rates["seconds"],
             "rss_at_loop_start_mb": self.rss_at_start_mb,
-            "loop_peak_memory_mb": self.loop_peak_mb,
+            "loop_peak_memory_mb": self.peak_mb,
             "mean_score": statistics.fmean(self.scores),
             "mean_kl": statistics.fmean(self.kls),
             "mean_response_tokens": statistics.fmean(self.response_tokens),
         }
-
-
-def process_peak_memory_mb() -> float:
-    """This process's peak memory: GPU memory allocated on CUDA, peak RSS (ru_maxrss) on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def response_lengths(responses: Any, eos_token_id: int, pad_token_id: int) -> list[int]:
@@ -524,14 +455,7 @@ def worker_main(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     inputs = json.loads(Path(args.inputs_file).read_text())
     result = run_dial(args, inputs) if args.worker == "dial" else run_trl(args, inputs, work)
-    import torch
-
-    result.update(
-        side=args.worker,
-        peak_memory_mb=process_peak_memory_mb(),
-        device="cuda" if torch.cuda.is_available() else "cpu",
-        torch_threads=torch.get_num_threads(),
-    )
+    result.update(side=args.worker, **worker_facts())
     Path(args.result_file).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
@@ -566,15 +490,7 @@ def run_worker(
         "--kl-coef", str(args.kl_coef),
         "--seed", str(args.seed),
     ]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
-    (run_dir / "worker.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0 or not result_file.is_file():
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-60:])
-        raise SystemExit(f"{side} worker failed (exit {done.returncode}):\n{tail}")
-    result = json.loads(result_file.read_text())
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
+    return run_worker_process(command, run_dir, side, PROJECT_ROOT)
 
 
 SUMMARY_KEYS = (
@@ -593,11 +509,6 @@ SUMMARY_KEYS = (
 RATIO_KEYS = SUMMARY_KEYS[:5]
 
 
-def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [run[key] for run in runs if run.get(key) is not None]
-    return statistics.median(values) if values else None
-
-
 def _side(runs: list[dict[str, Any]], side: str) -> list[dict[str, Any]]:
     return [run for run in runs if run["side"] == side]
 
@@ -611,10 +522,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         a, b = medians["dial"][key], medians["trl"][key]
         ratios[key] = a / b if a is not None and b else None
     return {"medians": medians, "dial_over_trl": ratios}
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def print_report(
@@ -655,7 +562,7 @@ def print_report(
     width = max(len(row[0]) for row in rows) + 2
     print(f"{'':{width}}{'dial':>12}{'TRL':>12}{'dial/TRL':>12}")
     for label, key, spec in rows:
-        line = f"{label:{width}}{_fmt(med['dial'][key], spec):>12}{_fmt(med['trl'][key], spec):>12}"
+        line = f"{label:{width}}{fmt(med['dial'][key], spec):>12}{fmt(med['trl'][key], spec):>12}"
         if ratios.get(key) is not None:
             line += f"{ratios[key]:>12.3f}"
         print(line)

@@ -64,27 +64,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Nothing may reach the network: set before any Hugging Face library is imported.
-for _variable in (
-    "HF_HUB_OFFLINE",
-    "HF_DATASETS_OFFLINE",
-    "TRANSFORMERS_OFFLINE",
-    "HF_HUB_DISABLE_TELEMETRY",
-):
-    os.environ[_variable] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from harness import LoopMeter, fmt, force_offline, median_of, run_worker_process, worker_facts
+
+force_offline()  # before any Hugging Face library is imported
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"
@@ -100,66 +89,19 @@ LOGGING_STEPS = 10
 # ---------------------------------------------------------------- measuring (both workers)
 
 
-def _proc_status_mb(field: str) -> float | None:
-    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-class Meter:
+class Meter(LoopMeter):
     """Wall-clock time, pairs, tokens and peak memory of one training loop."""
 
     def __init__(self) -> None:
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        self.started: float | None = None
-        self.ended: float | None = None
-        self.cpu_started = self.cpu_ended = 0.0
-        self.first_ended: float | None = None
+        super().__init__()
         self.first_pairs = 0
-        self.steps = self.pairs = self.padded_tokens = self.real_tokens = 0
-        self.rss_at_start_mb: float | None = None
-        self.train_peak_mb: float | None = None
-        self._can_reset_rss = False
-
-    def start(self) -> None:
-        """Call where the training loop begins: resets the peak-memory counters."""
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.rss_at_start_mb = _proc_status_mb("VmRSS")
-            try:  # "5" resets the peak resident set size (VmHWM) to the current one (Linux)
-                Path("/proc/self/clear_refs").write_text("5")
-                self._can_reset_rss = True
-            except OSError:
-                self._can_reset_rss = False
-        self.started = time.perf_counter()
-        self.cpu_started = time.process_time()
+        self.pairs = self.padded_tokens = self.real_tokens = 0
 
     def step_done(self) -> None:
         """Call at the end of every optimizer step."""
-        import torch
-
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.ended = time.perf_counter()
-        self.cpu_ended = time.process_time()
-        self.steps += 1
-        if self.steps == 1:
-            self.first_ended, self.first_pairs = self.ended, self.pairs
-        if self.cuda:
-            self.train_peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        elif self._can_reset_rss:
-            self.train_peak_mb = _proc_status_mb("VmHWM")
+        self.tick()
+        if self.ticks == 1:
+            self.first_pairs = self.pairs
 
     def add_batch(self, pairs: int, padded_tokens: int, real_tokens: int) -> None:
         self.pairs += pairs
@@ -167,36 +109,20 @@ class Meter:
         self.real_tokens += real_tokens
 
     def result(self) -> dict[str, Any]:
-        if self.started is None or self.ended is None:
-            raise RuntimeError("the training loop ran no step")
-        seconds = self.ended - self.started
-        later = self.ended - self.first_ended if self.first_ended is not None else 0.0
+        rates = self.rates(self.pairs, self.pairs - self.first_pairs)
         return {
-            "steps": self.steps,
+            "steps": self.ticks,
             "pairs": self.pairs,
-            "train_seconds": seconds,
-            "pairs_per_second": self.pairs / seconds,
-            # without the first step (one-off kernel set-up and allocator growth)
-            "pairs_per_second_after_first_step": (
-                (self.pairs - self.first_pairs) / later if self.steps > 1 and later > 0 else None
-            ),
-            # CPU time of all threads: less sensitive than wall time to a busy machine
-            "train_cpu_seconds": self.cpu_ended - self.cpu_started,
-            "pairs_per_cpu_second": self.pairs / max(self.cpu_ended - self.cpu_started, 1e-9),
+            "train_seconds": rates["seconds"],
+            "pairs_per_second": rates["per_second"],
+            "pairs_per_second_after_first_step": rates["per_second_after_first"],
+            "train_cpu_seconds": rates["cpu_seconds"],
+            "pairs_per_cpu_second": rates["per_cpu_second"],
             "padded_tokens_per_pair": self.padded_tokens / max(self.pairs, 1),
             "real_tokens_per_pair": self.real_tokens / max(self.pairs, 1),
             "rss_at_train_start_mb": self.rss_at_start_mb,
-            "train_peak_memory_mb": self.train_peak_mb,
+            "train_peak_memory_mb": self.peak_mb,
         }
-
-
-def process_peak_memory_mb() -> float:
-    """This process's peak memory: GPU memory allocated on CUDA, peak RSS (ru_maxrss) on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------- TRL's tokenisation
@@ -543,14 +469,7 @@ def worker_main(args: argparse.Namespace) -> int:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     result = run_dial(args, work) if args.worker == "dial" else run_trl(args, work)
-    import torch
-
-    result.update(
-        trainer=args.worker,
-        peak_memory_mb=process_peak_memory_mb(),
-        device="cuda" if torch.cuda.is_available() else "cpu",
-        torch_threads=torch.get_num_threads(),
-    )
+    result.update(trainer=args.worker, **worker_facts())
     Path(args.result_file).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
@@ -590,20 +509,7 @@ def run_worker(
         "--length-group-batches", str(args.length_group_batches),
         "--pooling", args.pooling,
     ]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
-    (run_dir / "worker.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0 or not result_file.is_file():
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-60:])
-        raise SystemExit(f"{trainer} worker failed (exit {done.returncode}):\n{tail}")
-    result = json.loads(result_file.read_text())
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
-
-
-def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [run[key] for run in runs if run.get(key) is not None]
-    return statistics.median(values) if values else None
+    return run_worker_process(command, run_dir, trainer, PROJECT_ROOT)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -639,10 +545,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "accuracy_difference_dial_minus_trl": dial["heldout_accuracy"] - trl["heldout_accuracy"],
     }
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def print_report(
@@ -682,7 +584,7 @@ def print_report(
     width = max(len(row[0]) for row in rows) + 2
     print(f"{'':{width}}{'dial':>12}{'TRL':>12}{'dial/TRL':>12}")
     for label, key, spec, ratio in rows:
-        line = f"{label:{width}}{_fmt(med['dial'][key], spec):>12}{_fmt(med['trl'][key], spec):>12}"
+        line = f"{label:{width}}{fmt(med['dial'][key], spec):>12}{fmt(med['trl'][key], spec):>12}"
         if ratio is not None:
             line += f"{ratio:>12.3f}"
         print(line)
@@ -706,7 +608,7 @@ def print_report(
             "  (dial's epoch plan holds one partial batch, the remainder of the data, at a "
             "random position; TRL's is the last of the epoch)"
         )
-    dial_own = _fmt(median_of(runs, "dial_reported_pairs_per_second"), ".2f")
+    dial_own = fmt(median_of(runs, "dial_reported_pairs_per_second"), ".2f")
     print(
         "notes: pairs/s = pairs / wall time from the start of the training loop to the end of "
         "the last optimizer step (loading, tokenisation, evaluation, saving excluded); "
