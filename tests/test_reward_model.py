@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,11 +89,20 @@ def test_save_and_reload_score_identically(tmp_path: Path, name: str, use_lora: 
     assert "reward_head.safetensors" in saved and "dial_config.json" in saved
     assert not [n for n in saved if n.endswith((".bin", ".pt", ".pkl"))]
     assert ("adapter_model.safetensors" in saved) == use_lora
-    reloaded, reloaded_tokenizer = load_reward_model(tmp_path / "rm")
+    # reloaded to train on: the same weights, the same computation, the same numbers
+    reloaded, reloaded_tokenizer = load_reward_model(tmp_path / "rm", trainable=True)
     reloaded_fmt = sequence_format(reloaded_tokenizer, reloaded.spec.architecture)
     after = predict(reloaded, data, reloaded_fmt, with_embeddings=True)
     assert torch.equal(torch.from_numpy(before.rewards), torch.from_numpy(after.rewards))
     assert torch.equal(torch.from_numpy(before.embeddings), torch.from_numpy(after.embeddings))
+    # reloaded for inference: LoRA merged into the weights, equal up to float rounding
+    merged, _ = load_reward_model(tmp_path / "rm")
+    adapted = [layer for layer in merged.modules() if hasattr(layer, "merged_adapters")]
+    assert bool(adapted) == use_lora
+    assert all(layer.merged for layer in adapted)
+    inferred = predict(merged, data, reloaded_fmt, with_embeddings=True)
+    np.testing.assert_allclose(inferred.rewards, before.rewards, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(inferred.embeddings, before.embeddings, rtol=1e-5, atol=1e-5)
 
 
 def test_lora_trains_only_adapters_and_head() -> None:
@@ -147,7 +157,7 @@ def test_lora_layers_wraps_only_those_layers_and_survives_a_reload(tmp_path: Pat
     data = encode_examples(EXAMPLES, tokenizer, fmt, 64)
     before = predict(model, data, fmt)
     model.save_pretrained(tmp_path / "rm", tokenizer)
-    reloaded, _ = load_reward_model(tmp_path / "rm")
+    reloaded, _ = load_reward_model(tmp_path / "rm", trainable=True)
     assert torch.equal(
         torch.from_numpy(before.rewards), torch.from_numpy(predict(reloaded, data, fmt).rewards)
     )

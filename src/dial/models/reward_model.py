@@ -378,7 +378,11 @@ def load_reward_model(
     trust_remote_code: bool = False,
     cache_dir: str | None = None,
 ) -> tuple[RewardModel, PreTrainedTokenizerBase]:
-    """Rebuild a reward model saved by :meth:`RewardModel.save_pretrained`."""
+    """Rebuild a reward model saved by :meth:`RewardModel.save_pretrained`.
+
+    Without ``trainable`` the model is for inference: a LoRA adapter is merged into the
+    backbone's weights (rewards equal the unmerged ones to float rounding, at fewer matmuls).
+    """
     source = Path(folder)
     config_path = source / "dial_config.json"
     if not config_path.is_file():
@@ -399,6 +403,8 @@ def load_reward_model(
         from peft import PeftModel
 
         backbone = PeftModel.from_pretrained(backbone, str(source), is_trainable=trainable)
+        if not trainable:  # inference only: the adapters folded into the weights, one matmul each
+            backbone.merge_adapter()
     model = RewardModel(backbone, spec, backbone.config.hidden_size)
     head_path = source / "reward_head.safetensors"
     if not head_path.is_file():
