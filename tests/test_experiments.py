@@ -44,6 +44,7 @@ from dial.experiments.suite import (
 from dial.experiments.tables import (
     format_mean_std,
     gap_closed,
+    gap_standard_error,
     length_baseline_metrics,
     markdown_tables,
     mean_std,
@@ -74,6 +75,25 @@ def test_gap_closed_by_hand_and_undefined_without_a_gap() -> None:
     assert gap_closed(0.95, 0.5, 0.9) == pytest.approx(1.125)  # beyond the oracle
     assert gap_closed(0.6, 0.5, 0.505) is None  # |gap| 0.005 < 0.01
     assert gap_closed(0.6, 0.5, 0.505, min_gap=0.001) == pytest.approx(20.0)
+
+
+def test_gap_within_its_standard_error_is_not_a_ratio() -> None:
+    # sqrt(0.03² / 3 + 0.04² / 3) = sqrt(0.0025 / 3) = 0.02887
+    assert gap_standard_error((0.04, 3), (0.03, 3)) == pytest.approx(0.028868, abs=1e-6)
+    assert gap_standard_error((None, 1), (0.03, 3)) is None
+    rows = []
+    for seed, (so, dial, oracle) in enumerate([(0.44, 0.46, 0.50), (0.52, 0.54, 0.50)]):
+        for method, value in (("source_only", so), ("dial", dial), ("oracle", oracle)):
+            rows.append({"setting": "hh", "method": method, "seed": seed, "target": value})
+    text = markdown_tables(
+        rows,
+        settings=["hh"],
+        methods=["source_only", "dial", "oracle"],
+        metric="accuracy",
+        title="t",
+    )
+    # gap 0.50 - 0.48 = 0.02 (above MIN_GAP); s.e. sqrt(0.0032 / 2 + 0 / 2) = 0.04
+    assert "| dial | — (gap +0.020, s.e. 0.040) |" in text
 
 
 def test_markdown_table_holds_the_hand_computed_cells() -> None:

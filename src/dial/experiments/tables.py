@@ -10,8 +10,16 @@ target metric's mean ± sample standard deviation over seeds (``ddof = 1``; one 
                               {\bar m_{\text{oracle}} - \bar m_{\text{source\_only}}}
 
 from the means; undefined (shown as "—") when the oracle is within ``MIN_GAP`` of source-only,
-as there is then no gap to close. Then the domain classifier's accuracy after training, and
-which checkpoint each label-free criterion selects with what it really scores on the target.
+as there is then no gap to close, or within the gap's standard error over seeds,
+
+.. math::
+
+    \text{s.e.} = \sqrt{s_{\text{oracle}}^2 / n_{\text{oracle}}
+                        + s_{\text{source\_only}}^2 / n_{\text{source\_only}}},
+
+as a ratio over a gap the seeds cannot tell from zero is noise, however large it looks. Then the
+domain classifier's accuracy after training, and which checkpoint each label-free criterion
+selects with what it really scores on the target.
 """
 
 from __future__ import annotations
@@ -69,6 +77,18 @@ def gap_closed(
     if abs(gap) < min_gap:
         return None
     return (method - source_only) / gap
+
+
+def gap_standard_error(
+    source_only: tuple[float | None, int], oracle: tuple[float | None, int]
+) -> float | None:
+    """Standard error of ``mean(oracle) − mean(source_only)`` from each side's sample standard
+    deviation and number of seeds, ``sqrt(s_o² / n_o + s_s² / n_s)``; None when either side has
+    a single seed (no spread to measure)."""
+    (source_std, source_n), (oracle_std, oracle_n) = source_only, oracle
+    if source_std is None or oracle_std is None:
+        return None
+    return math.sqrt(oracle_std**2 / oracle_n + source_std**2 / source_n)
 
 
 def format_mean_std(mean: float | None, std: float | None, digits: int = 3) -> str:
@@ -289,7 +309,8 @@ def _gap_lines(
     lines = [
         "Share of the source-only -> oracle gap closed, (method − source_only) / "
         f"(oracle − source_only) from the means; '—' where the gap is below {MIN_GAP} "
-        "(nothing to close).",
+        "(nothing to close) or below its standard error over seeds, "
+        "sqrt(s_oracle²/n + s_source_only²/n) (the seeds cannot tell it from zero).",
         "",
     ]
     body = []
@@ -300,8 +321,16 @@ def _gap_lines(
             if not all(k in target for k in keys):
                 cells.append("—")
                 continue
-            value = gap_closed(*(target[k][0] for k in keys))
-            cells.append("— (no gap)" if value is None else f"{value:.2f}")
+            mean, source, oracle = (target[k] for k in keys)
+            gap = oracle[0] - source[0]
+            error = gap_standard_error(source[1:], oracle[1:])
+            value = gap_closed(mean[0], source[0], oracle[0])
+            if value is None:
+                cells.append("— (no gap)")
+            elif error is not None and abs(gap) < error:
+                cells.append(f"— (gap {gap:+.3f}, s.e. {error:.3f})")
+            else:
+                cells.append(f"{value:.2f}")
         body.append(cells)
     return lines + _table(["method", *settings], body)
 
