@@ -79,11 +79,9 @@ def gap_closed(
     return (method - source_only) / gap
 
 
-def gap_standard_error(
-    source_only: tuple[float | None, int], oracle: tuple[float | None, int]
-) -> float | None:
-    """Standard error of ``mean(oracle) − mean(source_only)`` from each side's sample standard
-    deviation and number of seeds, ``sqrt(s_o² / n_o + s_s² / n_s)``; None when either side has
+def gap_standard_error(source_only: Sequence[Any], oracle: Sequence[Any]) -> float | None:
+    """Standard error of ``mean(oracle) − mean(source_only)`` from each side's (sample standard
+    deviation, number of seeds), ``sqrt(s_o² / n_o + s_s² / n_s)``; None when either side has
     a single seed (no spread to measure)."""
     (source_std, source_n), (oracle_std, oracle_n) = source_only, oracle
     if source_std is None or oracle_std is None:
@@ -321,18 +319,22 @@ def _gap_lines(
             if not all(k in target for k in keys):
                 cells.append("—")
                 continue
-            mean, source, oracle = (target[k] for k in keys)
-            gap = oracle[0] - source[0]
-            error = gap_standard_error(source[1:], oracle[1:])
-            value = gap_closed(mean[0], source[0], oracle[0])
-            if value is None:
-                cells.append("— (no gap)")
-            elif error is not None and abs(gap) < error:
-                cells.append(f"— (gap {gap:+.3f}, s.e. {error:.3f})")
-            else:
-                cells.append(f"{value:.2f}")
+            (mean, _, _), (source_mean, *source_spread), (oracle_mean, *oracle_spread) = (
+                target[k] for k in keys
+            )
+            error = gap_standard_error(source_spread, oracle_spread) or 0.0
+            value = gap_closed(mean, source_mean, oracle_mean, min_gap=max(MIN_GAP, error))
+            cells.append(
+                f"{value:.2f}" if value is not None else _no_ratio(source_mean, oracle_mean, error)
+            )
         body.append(cells)
     return lines + _table(["method", *settings], body)
+
+
+def _no_ratio(source_only: float, oracle: float, error: float) -> str:
+    """The gap-closed cell of a setting whose gap is below ``MIN_GAP`` or its standard error."""
+    gap = oracle - source_only
+    return "— (no gap)" if abs(gap) < MIN_GAP else f"— (gap {gap:+.3f}, s.e. {error:.3f})"
 
 
 def _selection_lines(
